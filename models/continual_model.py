@@ -1,0 +1,84 @@
+"""The base class of every continual-learning method."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from utils.buffer import ReservoirBuffer
+from utils.losses import masked_cross_entropy
+
+
+@dataclass
+class Setting:
+    """What a method may know about the run besides its hyper-parameters."""
+    device: torch.device
+    task_of_class: torch.Tensor           # class -> task, on ``device``
+    augment: Callable[[torch.Tensor], torch.Tensor]  # raw inputs -> augmented network inputs
+    buffer_generator: torch.Generator     # every buffer draw comes from here
+
+
+class ContinualModel(nn.Module):
+    """A method: ``observe`` one stream batch, optionally ``begin_task`` / ``end_task``.
+
+    The trainer owns the loop, the optimizer's lifetime (rebuilt at every task
+    by ``build_optimizer``), evaluation and logging.  Methods never branch on
+    the head: ``stream_loss`` applies the masked softmax when it is on, and
+    replay terms use plain unmasked losses over all classes.
+    """
+
+    NAME: str = ""
+    USES_BUFFER: bool = False   # rehearsal methods need --buffer_size > 0
+    JOINT: bool = False         # trained once on all tasks together (the upper bound)
+    HYPERPARAMETERS: tuple = ("lr",)  # flags that must be set (on the command line or by --load_best_args)
+
+    def __init__(self, net: nn.Module, args, setting: Setting):
+        super().__init__()
+        self.net = net
+        self.args = args
+        self.setting = setting
+        self.device = setting.device
+        self.current_task = 0
+        self.opt: torch.optim.Optimizer | None = None
+        self.buffer = (ReservoirBuffer(args.buffer_size, setting.device, setting.buffer_generator)
+                       if self.USES_BUFFER else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """Plain SGD (no momentum, no weight decay), as in the reference protocol."""
+        return torch.optim.SGD(self.net.parameters(), lr=self.args.lr)
+
+    def autocast(self):
+        """bf16 autocast when ``--amp bf16``, otherwise nothing."""
+        if self.args.amp == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def stream_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the current stream batch, masked to each sample's task when enabled."""
+        if self.args.masked_softmax:
+            return masked_cross_entropy(logits, labels, self.setting.task_of_class)
+        return F.cross_entropy(logits, labels)
+
+    def begin_task(self, task: int) -> None:
+        self.current_task = task
+
+    def end_task(self, task: int) -> None:
+        pass
+
+    def observe(self, inputs: torch.Tensor, labels: torch.Tensor, not_aug_inputs: torch.Tensor) -> torch.Tensor:
+        """One optimisation step on a stream batch; return the loss as a detached tensor (no sync)."""
+        raise NotImplementedError
+
+    def step(self, loss: torch.Tensor) -> torch.Tensor:
+        """Backpropagate ``loss`` and apply one optimizer step."""
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss.detach()

@@ -1,0 +1,44 @@
+import torch
+import torch.nn.functional as F
+
+from models import register_model
+from models.continual_model import ContinualModel
+
+
+@register_model("derpp")
+class DERpp(ContinualModel):
+    """DER++: stream loss + alpha * MSE(logits of a buffer draw, stored logits)
+    + beta * CE(a second, independent buffer draw).
+
+    The stored logits are the all-class, unmasked logits of the stream batch
+    from one more forward pass after the optimizer step (the authors' choice),
+    taken with the network in training mode and without gradients.
+    """
+
+    USES_BUFFER = True
+    HYPERPARAMETERS = ("lr", "minibatch_size", "alpha", "beta")
+    ALIASES = {
+        "derppmr": {"classifier": "fc", "masked_softmax": 1},
+        "orthderppmr": {"classifier": "fno", "masked_softmax": 1},
+        "orthderpp": {"classifier": "fno", "masked_softmax": 0},
+    }
+
+    def replay_label_weight(self) -> float:
+        return self.args.beta
+
+    def observe(self, inputs, labels, not_aug_inputs):
+        augment, mb = self.setting.augment, self.args.minibatch_size
+        with self.autocast():
+            loss = self.stream_loss(self.net(inputs), labels)
+            if not self.buffer.is_empty():
+                buf_x, buf_logits = self.buffer.sample(mb, "examples", "logits")
+                loss = loss + self.args.alpha * F.mse_loss(self.net(augment(buf_x)), buf_logits)
+                beta = self.replay_label_weight()
+                if beta:
+                    buf_x, buf_y = self.buffer.sample(mb, "examples", "labels")
+                    loss = loss + beta * F.cross_entropy(self.net(augment(buf_x)), buf_y)
+        loss = self.step(loss)
+        with torch.no_grad(), self.autocast():
+            logits = self.net(inputs).float()
+        self.buffer.add(examples=not_aug_inputs, labels=labels, logits=logits)
+        return loss

@@ -1,0 +1,184 @@
+"""The command line: Mammoth's flag names, one-line errors, and how defaults are resolved.
+
+Every flag defaults to ``None`` in the parser so that flags given explicitly
+can be told apart.  Values are then resolved in this order: the command line,
+the model alias (``orthermr`` fixes ``--classifier fno --masked_softmax 1``),
+``--load_best_args``, the dataset's protocol (epochs, batch size, backbone),
+and finally the defaults below.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from backbone import backbone_names
+from backbone.heads import HEADS
+from datasets import dataset_names, get_dataset_class
+from models import get_model_class, model_aliases, model_names
+from utils.best_args import best_args
+
+# `python main.py` with no arguments: masked-FNO ER on the embedded digits benchmark.
+DEFAULT_ARGV = ["--dataset", "seq-digits", "--model", "er", "--classifier", "fno",
+                "--masked_softmax", "1", "--buffer_size", "200", "--load_best_args"]
+
+DEFAULTS = {
+    "classifier": "fc", "masked_softmax": 0, "buffer_size": 0, "seed": 0, "data_path": "data",
+    "load_best_args": False, "nowand": 0, "amp": "none", "channels_last": 0, "compile": 0,
+    "collapse_metrics": 0, "alpha": None, "beta": None, "results_file": None,
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Errors are one line on stderr and exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _binary(text: str) -> int:
+    if text not in ("0", "1"):
+        raise argparse.ArgumentTypeError(f"expected 0 or 1, got {text!r}")
+    return int(text)
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive value, got {text!r}")
+        return value
+    return parse
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def build_parser() -> OneLineParser:
+    aliases = model_aliases()
+    p = OneLineParser(prog="main.py", description="Continual learning with FC or FNO classifiers. "
+                      "Run with no arguments for a quick demo: " + " ".join(DEFAULT_ARGV),
+                      argument_default=None)
+    g = p.add_argument_group("experiment")
+    g.add_argument("--dataset", choices=dataset_names(), help="benchmark (required)")
+    g.add_argument("--model", choices=model_names() + sorted(aliases),
+                   help="method (required); aliases: " + ", ".join(
+                       f"{a}={n}+{'/'.join(f'{k}={v}' for k, v in f.items())}" for a, (n, f) in sorted(aliases.items())))
+    g.add_argument("--backbone", choices=backbone_names(), help="default: the dataset's")
+    g.add_argument("--classifier", choices=HEADS, help="head: fc (learnable, bias) or fno (fixed non-negative orthogonal); default fc")
+    g.add_argument("--masked_softmax", type=_binary, help="mask the stream batch's logits to its own task (0|1, default 0)")
+    g.add_argument("--buffer_size", type=_non_negative_int, help="replay buffer size (required by rehearsal methods)")
+    g.add_argument("--load_best_args", action="store_true", default=None,
+                   help="use the paper's hyper-parameters for dataset/model/buffer; explicit flags win")
+    h = p.add_argument_group("hyper-parameters")
+    h.add_argument("--lr", type=_positive(float), help="learning rate")
+    h.add_argument("--minibatch_size", type=_positive(int), help="replay batch size (default: --batch_size)")
+    h.add_argument("--batch_size", type=_positive(int), help="stream batch size (default: the dataset's)")
+    h.add_argument("--n_epochs", type=_positive(int), help="epochs per task (default: the dataset's)")
+    h.add_argument("--alpha", type=_float, help="DER/DER++ logit-replay weight")
+    h.add_argument("--beta", type=_float, help="DER++ label-replay weight")
+    r = p.add_argument_group("run")
+    r.add_argument("--seed", type=int, help="seed of every random stream (default 0)")
+    r.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    r.add_argument("--data_path", help="where datasets live / are downloaded (default ./data)")
+    r.add_argument("--results_file", help="write the results here as JSON (atomically)")
+    r.add_argument("--nowand", type=_binary, help="1 disables wandb logging")
+    r.add_argument("--collapse_metrics", type=_binary, help="1 computes neural-collapse metrics after each task")
+    s = p.add_argument_group("speed")
+    s.add_argument("--amp", choices=("none", "bf16"), help="autocast precision (default none)")
+    s.add_argument("--channels_last", type=_binary, help="channels-last memory format for conv nets (0|1)")
+    s.add_argument("--compile", type=_binary, help="torch.compile the network (0|1)")
+    return p
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"invalid --device {name!r}; valid choices: cpu, cuda, cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"invalid --device {name!r}; valid choices: cpu, cuda, cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name} requested but CUDA is not available; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return device
+
+
+def parse_args(argv: list | None = None) -> argparse.Namespace:
+    """Parse and resolve a command line; invalid values exit with a one-line error and code 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv:
+        print("No arguments given: running the embedded demo, main.py " + " ".join(DEFAULT_ARGV), flush=True)
+        argv = list(DEFAULT_ARGV)
+    ns = parser.parse_args(argv)
+    try:
+        return resolve(ns)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+def resolve(ns: argparse.Namespace) -> argparse.Namespace:
+    explicit = {k: v for k, v in vars(ns).items() if v is not None}
+    for required in ("dataset", "model"):
+        if required not in explicit:
+            raise ValueError(f"--{required} is required (valid choices: "
+                             f"{', '.join(dataset_names() if required == 'dataset' else model_names())})")
+    values = dict(DEFAULTS)
+    aliases = model_aliases()
+    model = explicit["model"]
+    if model in aliases:
+        model, fixed = aliases[model]
+        for key, value in fixed.items():
+            if key in explicit and explicit[key] != value:
+                raise ValueError(f"--model {explicit['model']} implies --{key} {value}, "
+                                 f"but --{key} {explicit[key]} was given")
+        values.update(fixed)
+    dataset_cls = get_dataset_class(explicit["dataset"])
+    values.update(backbone=dataset_cls.BACKBONE, n_epochs=dataset_cls.N_EPOCHS,
+                  batch_size=dataset_cls.BATCH_SIZE)
+    buffer_size = explicit.get("buffer_size", values["buffer_size"])
+    if explicit.get("load_best_args"):
+        try:
+            values.update(best_args(explicit["dataset"], model, buffer_size))
+        except KeyError as exc:
+            raise ValueError(f"--load_best_args: {exc.args[0]}") from None
+    values.update({k: v for k, v in explicit.items() if k != "model"})
+    values["model"] = model
+    values["model_name"] = explicit["model"]
+    values.setdefault("lr", None)
+    if values.get("minibatch_size") is None:
+        values["minibatch_size"] = values["batch_size"]
+
+    model_cls = get_model_class(model)
+    if model_cls.USES_BUFFER and values["buffer_size"] <= 0:
+        raise ValueError(f"--model {explicit['model']} replays from a buffer: give --buffer_size > 0 "
+                         f"(got {values['buffer_size']})")
+    missing = [h for h in model_cls.HYPERPARAMETERS if values.get(h) is None]
+    if missing:
+        raise ValueError(f"--model {explicit['model']} needs " + ", ".join(f"--{m}" for m in missing)
+                         + " (give it, or use --load_best_args)")
+    values["device"] = str(resolve_device(values.get("device")))
+    return argparse.Namespace(**values)

@@ -1,0 +1,20 @@
+"""Losses shared by the methods."""
+import torch
+import torch.nn.functional as F
+
+
+def mask_other_tasks(logits: torch.Tensor, labels: torch.Tensor, task_of_class: torch.Tensor,
+                     tasks: torch.Tensor | None = None) -> torch.Tensor:
+    """Set every logit outside each sample's own task to -inf (one vectorised masked_fill).
+
+    ``task_of_class`` maps class -> task; a sample's task is that of its label
+    unless ``tasks`` gives it explicitly.
+    """
+    own = task_of_class[labels] if tasks is None else tasks
+    outside = task_of_class.unsqueeze(0) != own.unsqueeze(1)
+    return logits.masked_fill(outside, float("-inf"))
+
+
+def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, task_of_class: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the classes of each sample's own task only (the paper's masked softmax)."""
+    return F.cross_entropy(mask_other_tasks(logits, labels, task_of_class), labels)

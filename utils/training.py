@@ -1,0 +1,160 @@
+"""The continual-learning loop: tasks in order, evaluation after each, metrics at the end."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import List
+
+import torch
+
+from backbone import get_backbone_class
+from backbone.heads import Network, make_head
+from datasets import get_dataset_class
+from datasets.utils.continual_dataset import ContinualDataset, Split
+from models import get_model_class
+from models.continual_model import ContinualModel, Setting
+from utils.losses import mask_other_tasks
+from utils.metrics import backward_transfer, final_average, forgetting, pad_rows
+from utils.progress import ProgressBar
+from utils.seeding import make_generator, seed_everything
+
+EVAL_BATCH = 1024
+
+
+@dataclass
+class Run:
+    """Everything a run works on, built by ``build_run``."""
+    args: object
+    dataset: ContinualDataset
+    model: ContinualModel
+    train: Split
+    test: Split
+    task_of_class: torch.Tensor
+    data_generator: torch.Generator
+    augment_generator: torch.Generator
+
+
+def build_network(args, dataset: ContinualDataset) -> Network:
+    """Backbone first, then the head: the backbone's initialisation does not depend on the head,
+    and the FNO partition comes from its own generator, so FC and FNO runs share every shared layer."""
+    backbone = get_backbone_class(args.backbone)(dataset.INPUT_SHAPE)
+    head = make_head(args.classifier, backbone.feature_dim, dataset.num_classes,
+                     make_generator(args.seed, "fno-partition"))
+    return Network(backbone, head)
+
+
+def build_run(args) -> Run:
+    device = torch.device(args.device)
+    seed_everything(args.seed)
+    dataset = get_dataset_class(args.dataset)(args.data_path)
+    train, test = (s.to(device) for s in dataset.load_splits())
+    net = build_network(args, dataset).to(device)
+    if args.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    task_of_class = dataset.task_of_class().to(device)
+    augment_generator = make_generator(args.seed, "augmentation", device)
+    setting = Setting(device=device, task_of_class=task_of_class,
+                      augment=lambda x: dataset.TRANSFORM.train(x, augment_generator),
+                      buffer_generator=make_generator(args.seed, "buffer", device))
+    model = get_model_class(args.model)(net, args, setting)
+    if args.compile:
+        model.net = torch.compile(model.net)
+    return Run(args, dataset, model, train, test, task_of_class,
+               make_generator(args.seed, "data-order", device), augment_generator)
+
+
+@torch.no_grad()
+def evaluate(run: Run, n_seen_tasks: int):
+    """Class-IL and Task-IL accuracy (percent) on the test set of each of the first ``n_seen_tasks`` tasks.
+
+    Class-IL takes the argmax over all classes of the benchmark (the authors'
+    protocol); Task-IL takes it over the sample's own task's classes only.
+    """
+    model, test, dataset = run.model, run.test, run.dataset
+    was_training = model.training
+    model.eval()
+    n_tasks = n_seen_tasks
+    test_task = run.task_of_class[test.y]
+    hits_cil = torch.zeros(n_tasks, device=test.y.device)
+    hits_til = torch.zeros(n_tasks, device=test.y.device)
+    counts = torch.bincount(test_task, minlength=dataset.N_TASKS)[:n_tasks].float()
+    for start in range(0, len(test.y), EVAL_BATCH):
+        x, y, t = (v[start:start + EVAL_BATCH] for v in (test.x, test.y, test_task))
+        with model.autocast():
+            logits = model(dataset.TRANSFORM.test(x)).float()
+        seen = t < n_tasks
+        cil = (logits.argmax(1) == y) & seen
+        til = (mask_other_tasks(logits, y, run.task_of_class).argmax(1) == y) & seen
+        tt = t.clamp(max=n_tasks - 1)
+        hits_cil += torch.bincount(tt, weights=cil.float(), minlength=n_tasks)
+        hits_til += torch.bincount(tt, weights=til.float(), minlength=n_tasks)
+    model.train(was_training)
+    return (100 * hits_cil / counts).tolist(), (100 * hits_til / counts).tolist()
+
+
+def stages(run: Run):
+    """(task index, training indices) per stage: one per task, or a single one for JOINT models."""
+    train_task = run.task_of_class[run.train.y]
+    per_task = [torch.nonzero(train_task == t).flatten() for t in range(run.dataset.N_TASKS)]
+    if run.model.JOINT:
+        return [(run.dataset.N_TASKS - 1, torch.cat(per_task))]
+    return list(enumerate(per_task))
+
+
+def train_stage(run: Run, task: int, indices: torch.Tensor, progress: ProgressBar) -> float:
+    """``begin_task``, the epochs of ``observe`` over ``indices``, ``end_task``; return the last loss."""
+    args, model, train, transform = run.args, run.model, run.train, run.dataset.TRANSFORM
+    model.train()
+    model.begin_task(task)
+    model.opt = model.build_optimizer()
+    scheduler = run.dataset.get_scheduler(model.opt, args)
+    steps_per_epoch = math.ceil(len(indices) / args.batch_size)
+    total = steps_per_epoch * args.n_epochs
+    label = f"Task {task + 1}/{run.dataset.N_TASKS}"
+    loss = torch.zeros(())
+    for epoch in range(args.n_epochs):
+        order = indices[torch.randperm(len(indices), device=indices.device, generator=run.data_generator)]
+        for step, batch in enumerate(order.split(args.batch_size)):
+            raw, labels = train.x[batch], train.y[batch]
+            loss = model.observe(transform.train(raw, run.augment_generator), labels, raw)
+            progress.update(label, epoch * steps_per_epoch + step + 1, total, loss)
+        if scheduler is not None:
+            scheduler.step()
+    progress.close()
+    model.end_task(task)
+    return float(loss)
+
+
+def run_experiment(args, progress: ProgressBar | None = None, log=print) -> dict:
+    """Train and evaluate one run; return the results dictionary (see README for the fields)."""
+    start = time.perf_counter()
+    run = build_run(args)
+    progress = progress or ProgressBar()
+    n_tasks = run.dataset.N_TASKS
+    rows_cil: List[List[float]] = []
+    rows_til: List[List[float]] = []
+    for task, indices in stages(run):
+        last_loss = train_stage(run, task, indices, progress)
+        cil, til = evaluate(run, task + 1)
+        rows_cil.append(cil)
+        rows_til.append(til)
+        log(f"Task {task + 1}/{n_tasks}  Class-IL {sum(cil) / len(cil):6.2f}  Task-IL {sum(til) / len(til):6.2f}"
+            f"  loss {last_loss:.4f}  per task (Class-IL): {' '.join(f'{a:.1f}' for a in cil)}")
+    m_cil, m_til = pad_rows(rows_cil, n_tasks), pad_rows(rows_til, n_tasks)
+    full = len(rows_cil) == n_tasks
+    return {
+        "args": vars(args),
+        "class_il": final_average(m_cil),
+        "task_il": final_average(m_til),
+        "acc_matrix_class_il": m_cil,
+        "acc_matrix_task_il": m_til,
+        "forgetting_class_il": forgetting(m_cil) if full else None,
+        "forgetting_task_il": forgetting(m_til) if full else None,
+        "bwt_class_il": backward_transfer(m_cil) if full else None,
+        "bwt_task_il": backward_transfer(m_til) if full else None,
+        "wall_time_s": time.perf_counter() - start,
+        "device": str(torch.device(args.device)) + (f" ({torch.cuda.get_device_name(args.device)})"
+                                                    if torch.device(args.device).type == "cuda" else ""),
+        "torch_version": torch.__version__,
+    }
