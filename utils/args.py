@@ -43,6 +43,20 @@ def _binary(text: str) -> int:
     return int(text)
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def _compile_mode(text: str):
+    """0 (off), 1 (torch.compile's default mode) or a mode name; returns 0 or the mode name."""
+    if text == "0":
+        return 0
+    if text == "1":
+        return "default"
+    if text not in COMPILE_MODES:
+        raise argparse.ArgumentTypeError(f"expected 0, 1 or a mode ({', '.join(COMPILE_MODES)}), got {text!r}")
+    return text
+
+
 def _positive(kind):
     def parse(text: str):
         try:
@@ -105,7 +119,9 @@ def build_parser() -> OneLineParser:
     s = p.add_argument_group("speed")
     s.add_argument("--amp", choices=("none", "bf16"), help="autocast precision (default none)")
     s.add_argument("--channels_last", type=_binary, help="channels-last memory format for conv nets (0|1)")
-    s.add_argument("--compile", type=_binary, help="torch.compile the network (0|1)")
+    s.add_argument("--compile", type=_compile_mode,
+                   help="torch.compile the network: 0, 1 (default mode) or a mode name, e.g. reduce-overhead "
+                        "(CUDA graphs on CUDA)")
     return p
 
 

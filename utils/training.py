@@ -19,7 +19,13 @@ from utils.metrics import backward_transfer, final_average, forgetting, pad_rows
 from utils.progress import ProgressBar
 from utils.seeding import make_generator, seed_everything
 
-EVAL_BATCH = 1024
+EVAL_BATCH = 1024  # test images per forward pass at 32x32 pixels
+
+
+def eval_batch_size(input_shape) -> int:
+    """``EVAL_BATCH`` scaled by the input's pixel count, so that evaluation activations stay about
+    the same size (and within the host-memory budget on CPUs) for 64x64 TinyImageNet."""
+    return max(1, EVAL_BATCH * 32 * 32 // math.prod(input_shape[1:]))
 
 
 @dataclass
@@ -44,10 +50,14 @@ def build_network(args, dataset: ContinualDataset) -> Network:
     return Network(backbone, head)
 
 
-def build_run(args) -> Run:
+def build_run(args, dataset: ContinualDataset | None = None) -> Run:
+    """Build a run; ``dataset`` replaces the one named by ``args.dataset`` (the benchmarks pass synthetic data)."""
     device = torch.device(args.device)
     seed_everything(args.seed)
-    dataset = get_dataset_class(args.dataset)(args.data_path)
+    if dataset is None:
+        dataset = get_dataset_class(args.dataset)(args.data_path)
+    # Normalisation constants on the device once: a per-batch host-to-device copy would synchronise.
+    dataset.TRANSFORM = dataset.TRANSFORM.to(device)
     train, test = (s.to(device) for s in dataset.load_splits())
     net = build_network(args, dataset).to(device)
     if args.channels_last:
@@ -59,7 +69,7 @@ def build_run(args) -> Run:
                       buffer_generator=make_generator(args.seed, "buffer", device))
     model = get_model_class(args.model)(net, args, setting)
     if args.compile:
-        model.net = torch.compile(model.net)
+        model.net = torch.compile(model.net, mode=args.compile)
     return Run(args, dataset, model, train, test, task_of_class,
                make_generator(args.seed, "data-order", device), augment_generator)
 
@@ -79,8 +89,9 @@ def evaluate(run: Run, n_seen_tasks: int):
     hits_cil = torch.zeros(n_tasks, device=test.y.device)
     hits_til = torch.zeros(n_tasks, device=test.y.device)
     counts = torch.bincount(test_task, minlength=dataset.N_TASKS)[:n_tasks].float()
-    for start in range(0, len(test.y), EVAL_BATCH):
-        x, y, t = (v[start:start + EVAL_BATCH] for v in (test.x, test.y, test_task))
+    batch = eval_batch_size(dataset.INPUT_SHAPE)
+    for start in range(0, len(test.y), batch):
+        x, y, t = (v[start:start + batch] for v in (test.x, test.y, test_task))
         with model.autocast():
             logits = model(dataset.TRANSFORM.test(x)).float()
         seen = t < n_tasks

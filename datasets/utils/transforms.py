@@ -7,6 +7,7 @@ same ``train`` transform when replayed.
 """
 from __future__ import annotations
 
+import copy
 from typing import Optional, Sequence
 
 import torch
@@ -28,6 +29,17 @@ class DeviceTransform:
         self.std = None if std is None else torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.crop_padding = int(crop_padding)
         self.flip = bool(flip)
+
+    def to(self, device) -> "DeviceTransform":
+        """A copy whose normalisation constants live on ``device``.
+
+        Use it once per run: moving the constants for every batch would be a
+        blocking host-to-device copy (a synchronisation) on CUDA.
+        """
+        moved = copy.copy(self)
+        if self.mean is not None:
+            moved.mean, moved.std = self.mean.to(device), self.std.to(device)
+        return moved
 
     @property
     def augments(self) -> bool:

@@ -1,0 +1,248 @@
+"""Training and evaluation throughput of the image benchmarks, on synthetic data of the exact shapes.
+
+Two modes:
+
+* the table (default): for each dataset, method (ER, DER++) and head (FC, FNO), masked softmax
+  on, the paper's hyper-parameters (``--load_best_args``), ``--warmup`` optimizer steps on task 1,
+  then ``--steps`` timed steps on task 2 through the real trainer (``utils.training.train_stage``)
+  and one timed evaluation pass; prints optimizer steps/s, stream images/s, ms/step, evaluation
+  images/s and seconds, peak device memory (CUDA) and peak host RSS;
+* ``--protocol``: the whole 50-epoch seq-cifar10 masked-FNO ER run (buffer 200), end to end
+  through ``main``'s code path on synthetic CIFAR-10 files written in torchvision's layout,
+  printing its wall time.
+
+No network and no real data are needed.  Examples (from the repository root)::
+
+    python benchmarks/throughput.py --device cuda --steps 500 --warmup 100
+    python benchmarks/throughput.py --device cuda --amp bf16 --channels_last 1 --compile reduce-overhead
+    python benchmarks/throughput.py --device cpu --dataset seq-cifar10 --steps 3 --warmup 2 --eval_images 64
+    python benchmarks/throughput.py --protocol --device cuda --amp bf16
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import os
+import resource
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from datasets import get_dataset_class  # noqa: E402
+from datasets.utils.cifar_io import write_cifar  # noqa: E402
+from datasets.utils.continual_dataset import Split  # noqa: E402
+from utils.args import parse_args  # noqa: E402
+from utils.progress import ProgressBar  # noqa: E402
+from utils.training import build_run, evaluate, run_experiment, stages, train_stage  # noqa: E402
+
+DATASETS = ("seq-cifar10", "seq-cifar100", "seq-tinyimg")
+SIZES = {  # (training images per class, test images per class) of the real benchmarks
+    "seq-cifar10": (5000, 1000), "seq-cifar100": (500, 100), "seq-tinyimg": (500, 50)}
+
+
+# ----------------------------------------------------------------------------- synthetic data
+
+def synthetic_splits(dataset_cls, device: torch.device, seed: int):
+    """Random uint8 images and class-balanced labels with the benchmark's shapes and sizes, made
+    directly on ``device`` (so a CUDA run does not hold the images in host memory)."""
+    per_train, per_test = SIZES[dataset_cls.NAME]
+    k = dataset_cls.N_TASKS * dataset_cls.N_CLASSES_PER_TASK
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def split(per_class):
+        n = per_class * k
+        x = torch.randint(0, 256, (n,) + tuple(dataset_cls.INPUT_SHAPE), dtype=torch.uint8,
+                          device=device, generator=gen)
+        return Split(x, torch.arange(n, device=device) // per_class)
+
+    return split(per_train), split(per_test)
+
+
+def synthetic_dataset(dataset_cls, splits):
+    """An instance of the real benchmark class (protocol, transform, scheduler) serving ``splits``."""
+
+    class Synthetic(dataset_cls):
+        def load_splits(self):
+            return splits
+
+    return Synthetic("unused")
+
+
+# ----------------------------------------------------------------------------- measurement
+
+def reset_host_peak() -> None:
+    """Reset the kernel's peak-RSS counter (VmHWM) of this process, where Linux allows it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def host_peak_mib() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # never reset: peak so far
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_args(opts, dataset: str, model: str, head: str, extra=()):
+    argv = ["--dataset", dataset, "--model", model, "--classifier", head, "--masked_softmax", "1",
+            "--buffer_size", str(opts.buffer_size), "--load_best_args", "--device", opts.device,
+            "--amp", opts.amp, "--channels_last", str(opts.channels_last), "--compile", opts.compile,
+            "--seed", str(opts.seed), "--n_epochs", "1", *extra]
+    if opts.backbone:
+        argv += ["--backbone", opts.backbone]
+    return parse_args(argv)
+
+
+def measure(opts, dataset: str, model: str, head: str, splits) -> dict:
+    """Warm up on task 1, time ``opts.steps`` steps on task 2, then time one evaluation pass."""
+    device = torch.device(opts.device)
+    args = run_args(opts, dataset, model, head)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    reset_host_peak()
+    run = build_run(args, synthetic_dataset(get_dataset_class(dataset), splits))
+    quiet = ProgressBar(enabled=False)
+    tasks = stages(run)
+    bs = args.batch_size
+
+    def first_steps(task, n_steps):
+        idx = tasks[task][1]
+        return idx.repeat(math.ceil(n_steps * bs / len(idx)))[: n_steps * bs]
+
+    train_stage(run, 0, first_steps(0, opts.warmup), quiet)  # fills the buffer; compiles if asked
+    sync(device)
+    start = time.perf_counter()
+    train_stage(run, 1, first_steps(1, opts.steps), quiet)   # returns a float: waits for the device
+    sync(device)
+    train_s = time.perf_counter() - start
+
+    n_eval = len(run.test.y) if opts.eval_images is None else min(opts.eval_images, len(run.test.y))
+    run.test = Split(run.test.x[:n_eval], run.test.y[:n_eval])
+    evaluate(run, run.dataset.N_TASKS)  # warm-up (eval-mode kernels, compilation)
+    sync(device)
+    start = time.perf_counter()
+    evaluate(run, run.dataset.N_TASKS)  # returns Python floats: waits for the device
+    sync(device)
+    eval_s = time.perf_counter() - start
+
+    row = dict(dataset=dataset, model=model, head=head, steps_s=opts.steps / train_s,
+               images_s=opts.steps * bs / train_s, ms_step=1000 * train_s / opts.steps,
+               eval_images=n_eval, eval_s=eval_s, eval_images_s=n_eval / eval_s,
+               host_mib=host_peak_mib(), device_mib=None, reserved_mib=None)
+    if device.type == "cuda":
+        row["device_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+        row["reserved_mib"] = torch.cuda.max_memory_reserved(device) / 2**20
+    del run
+    return row
+
+
+COLUMNS = [  # title, width; text columns are left-aligned, numbers right-aligned
+    ("dataset", 13), ("model", 6), ("head", 4), ("steps/s", 8), ("img/s", 8), ("ms/step", 8),
+    ("eval img/s", 10), ("eval s (imgs)", 14), ("peak dev MiB (reserved)", 23), ("peak RSS MiB", 12)]
+
+
+def format_row(r: dict) -> str:
+    dev = "-" if r["device_mib"] is None else f"{r['device_mib']:.0f} ({r['reserved_mib']:.0f})"
+    cells = [r["dataset"], r["model"], r["head"], f"{r['steps_s']:.2f}", f"{r['images_s']:.0f}",
+             f"{r['ms_step']:.1f}", f"{r['eval_images_s']:.0f}", f"{r['eval_s']:.2f} ({r['eval_images']})",
+             dev, f"{r['host_mib']:.0f}"]
+    return " | ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, (_, w)) in enumerate(zip(cells, COLUMNS)))
+
+
+def header(opts) -> str:
+    device = torch.device(opts.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    return (f"device {opts.device} ({name}), torch {torch.__version__}; amp={opts.amp} "
+            f"channels_last={opts.channels_last} compile={opts.compile} buffer={opts.buffer_size} "
+            f"warmup={opts.warmup} steps={opts.steps}; masked softmax, --load_best_args")
+
+
+def table(opts) -> None:
+    print(header(opts), flush=True)
+    print(" | ".join(t.ljust(w) if i < 3 else t.rjust(w) for i, (t, w) in enumerate(COLUMNS)), flush=True)
+    device = torch.device(opts.device)
+    for dataset in opts.dataset:
+        splits = synthetic_splits(get_dataset_class(dataset), device, opts.seed)
+        for model in opts.models:
+            for head in opts.heads:
+                print(format_row(measure(opts, dataset, model, head, splits)), flush=True)
+        del splits
+
+
+# ----------------------------------------------------------------------------- protocol run
+
+def protocol(opts) -> None:
+    """The full seq-cifar10 masked-FNO ER protocol (buffer 200) on synthetic CIFAR-10 files."""
+    rng = np.random.RandomState(opts.seed)
+    per_train, per_test = opts.protocol_train_per_class, 1000
+
+    def split(per_class):
+        y = np.repeat(np.arange(10), per_class)
+        return rng.randint(0, 256, (len(y), 3, 32, 32), dtype=np.uint8), y
+
+    with tempfile.TemporaryDirectory(prefix="synthetic-cifar10-") as root:
+        write_cifar(root, "cifar10", split(per_train), split(per_test))
+        args = run_args(opts, "seq-cifar10", "er", "fno",
+                        ["--data_path", root, "--n_epochs", str(opts.protocol_epochs)])  # the last flag wins
+        steps = 5 * args.n_epochs * math.ceil(2 * per_train / args.batch_size)
+        print(header(opts).split(";")[0] + f"; seq-cifar10 ER masked FNO, buffer {opts.buffer_size}, "
+              f"{args.n_epochs} epochs x 5 tasks, {2 * per_train} training images per task", flush=True)
+        results = run_experiment(args, progress=ProgressBar())
+    wall = results["wall_time_s"]
+    print(f"protocol run: {steps} optimizer steps in {wall:.1f} s wall ({steps / wall:.1f} steps/s overall, "
+          f"including data loading and 5 evaluations); Class-IL {results['class_il']:.2f} "
+          f"(synthetic data: chance level expected)", flush=True)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default="all", help=f"one of {', '.join(DATASETS)}, a comma list, or all")
+    p.add_argument("--models", default="er,derpp", help="comma list of methods (default er,derpp)")
+    p.add_argument("--heads", default="fc,fno", help="comma list of heads (default fc,fno)")
+    p.add_argument("--buffer_size", type=int, default=200, help="200, 500 or 5120 (the table's sizes)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--amp", default="none", choices=("none", "bf16"))
+    p.add_argument("--channels_last", type=int, default=0, choices=(0, 1))
+    p.add_argument("--compile", default="0", help="0, 1 or a torch.compile mode, e.g. reduce-overhead")
+    p.add_argument("--backbone", default=None, help="default: the dataset's (resnet18)")
+    p.add_argument("--steps", type=int, default=200, help="timed optimizer steps (default 200)")
+    p.add_argument("--warmup", type=int, default=50, help="untimed steps before (default 50)")
+    p.add_argument("--eval_images", type=int, default=None, help="test images to evaluate (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--protocol", action="store_true", help="run the full seq-cifar10 ER protocol instead")
+    p.add_argument("--protocol_epochs", type=int, default=50, help="epochs per task of --protocol (default 50)")
+    p.add_argument("--protocol_train_per_class", type=int, default=5000,
+                   help="training images per class of --protocol (default 5000, the real size)")
+    opts = p.parse_args(argv)
+    opts.dataset = list(DATASETS) if opts.dataset == "all" else opts.dataset.split(",")
+    opts.models, opts.heads = opts.models.split(","), opts.heads.split(",")
+    for name in opts.dataset:
+        if name not in DATASETS:
+            p.error(f"unknown --dataset {name!r}; valid choices: {', '.join(DATASETS)}, all")
+    if min(opts.steps, opts.warmup) < 1:
+        p.error("--steps and --warmup must be at least 1")
+    protocol(opts) if opts.protocol else table(opts)
+
+
+if __name__ == "__main__":
+    main()
