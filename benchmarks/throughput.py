@@ -194,7 +194,7 @@ def table(opts) -> None:
 def protocol(opts) -> None:
     """The full seq-cifar10 masked-FNO ER protocol (buffer 200) on synthetic CIFAR-10 files."""
     rng = np.random.RandomState(opts.seed)
-    per_train, per_test = opts.protocol_train_per_class, 1000
+    per_train, per_test = opts.protocol_train_per_class, opts.protocol_test_per_class
 
     def split(per_class):
         y = np.repeat(np.arange(10), per_class)
@@ -233,6 +233,8 @@ def main(argv=None) -> None:
     p.add_argument("--protocol_epochs", type=int, default=50, help="epochs per task of --protocol (default 50)")
     p.add_argument("--protocol_train_per_class", type=int, default=5000,
                    help="training images per class of --protocol (default 5000, the real size)")
+    p.add_argument("--protocol_test_per_class", type=int, default=1000,
+                   help="test images per class of --protocol (default 1000, the real size)")
     opts = p.parse_args(argv)
     opts.dataset = list(DATASETS) if opts.dataset == "all" else opts.dataset.split(",")
     opts.models, opts.heads = opts.models.split(","), opts.heads.split(",")
