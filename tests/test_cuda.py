@@ -125,7 +125,7 @@ def test_training_steps_never_synchronise_with_the_host(tmp_path, model):
     assert torch.isfinite(loss).item()
 
 
-@pytest.mark.parametrize("flags", [["--amp", "bf16", "--channels_last", "1"],
+@pytest.mark.parametrize("flags", [[], ["--amp", "bf16", "--channels_last", "1"],
                                    ["--compile", "1"],
                                    ["--amp", "bf16", "--channels_last", "1", "--compile", "reduce-overhead"]])
 def test_done_when_command_on_cuda_with_speed_flags(tmp_path, flags):
