@@ -106,6 +106,8 @@ def build_parser() -> OneLineParser:
     s.add_argument("--amp", choices=("none", "bf16"), help="autocast precision (default none)")
     s.add_argument("--channels_last", type=_binary, help="channels-last memory format for conv nets (0|1)")
     s.add_argument("--compile", type=_binary, help="torch.compile the network (0|1)")
+    s.add_argument("--num_threads", type=_positive(int),
+                   help="CPU threads for torch (default: the dataset's choice, else torch's)")
     return p
 
 
@@ -158,7 +160,7 @@ def resolve(ns: argparse.Namespace) -> argparse.Namespace:
         values.update(fixed)
     dataset_cls = get_dataset_class(explicit["dataset"])
     values.update(backbone=dataset_cls.BACKBONE, n_epochs=dataset_cls.N_EPOCHS,
-                  batch_size=dataset_cls.BATCH_SIZE)
+                  batch_size=dataset_cls.BATCH_SIZE, num_threads=dataset_cls.CPU_THREADS)
     buffer_size = explicit.get("buffer_size", values["buffer_size"])
     if explicit.get("load_best_args"):
         try:

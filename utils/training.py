@@ -46,6 +46,8 @@ def build_network(args, dataset: ContinualDataset) -> Network:
 
 def build_run(args) -> Run:
     device = torch.device(args.device)
+    if device.type == "cpu" and args.num_threads:
+        torch.set_num_threads(args.num_threads)
     seed_everything(args.seed)
     dataset = get_dataset_class(args.dataset)(args.data_path)
     train, test = (s.to(device) for s in dataset.load_splits())
@@ -102,8 +104,10 @@ def stages(run: Run):
     return list(enumerate(per_task))
 
 
-def train_stage(run: Run, task: int, indices: torch.Tensor, progress: ProgressBar) -> float:
-    """``begin_task``, the epochs of ``observe`` over ``indices``, ``end_task``; return the last loss."""
+def train_stage(run: Run, task: int, indices: torch.Tensor, progress: ProgressBar):
+    """``begin_task``, the epochs of ``observe`` over ``indices``, ``end_task``.
+
+    Returns the last batch's loss and the number of optimizer steps taken."""
     args, model, train, transform = run.args, run.model, run.train, run.dataset.TRANSFORM
     model.train()
     model.begin_task(task)
@@ -123,7 +127,7 @@ def train_stage(run: Run, task: int, indices: torch.Tensor, progress: ProgressBa
             scheduler.step()
     progress.close()
     model.end_task(task)
-    return float(loss)
+    return float(loss), total
 
 
 def run_experiment(args, progress: ProgressBar | None = None, log=print) -> dict:
@@ -134,8 +138,12 @@ def run_experiment(args, progress: ProgressBar | None = None, log=print) -> dict
     n_tasks = run.dataset.N_TASKS
     rows_cil: List[List[float]] = []
     rows_til: List[List[float]] = []
+    n_steps, train_time = 0, 0.0
     for task, indices in stages(run):
-        last_loss = train_stage(run, task, indices, progress)
+        tic = time.perf_counter()
+        last_loss, steps = train_stage(run, task, indices, progress)
+        train_time += time.perf_counter() - tic
+        n_steps += steps
         cil, til = evaluate(run, task + 1)
         rows_cil.append(cil)
         rows_til.append(til)
@@ -153,6 +161,8 @@ def run_experiment(args, progress: ProgressBar | None = None, log=print) -> dict
         "forgetting_task_il": forgetting(m_til) if full else None,
         "bwt_class_il": backward_transfer(m_cil) if full else None,
         "bwt_task_il": backward_transfer(m_til) if full else None,
+        "n_steps": n_steps,
+        "train_time_s": train_time,
         "wall_time_s": time.perf_counter() - start,
         "device": str(torch.device(args.device)) + (f" ({torch.cuda.get_device_name(args.device)})"
                                                     if torch.device(args.device).type == "cuda" else ""),
