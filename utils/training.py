@@ -14,6 +14,7 @@ from datasets import get_dataset_class
 from datasets.utils.continual_dataset import ContinualDataset, Split
 from models import get_model_class
 from models.continual_model import ContinualModel, Setting
+from utils.collapse import summary as collapse_summary, task_collapse_metrics
 from utils.losses import mask_other_tasks
 from utils.metrics import backward_transfer, final_average, forgetting, pad_rows
 from utils.progress import ProgressBar
@@ -139,6 +140,7 @@ def run_experiment(args, progress: ProgressBar | None = None, log=print) -> dict
     rows_cil: List[List[float]] = []
     rows_til: List[List[float]] = []
     n_steps, train_time = 0, 0.0
+    collapse: List[dict] = []
     for task, indices in stages(run):
         tic = time.perf_counter()
         last_loss, steps = train_stage(run, task, indices, progress)
@@ -149,6 +151,9 @@ def run_experiment(args, progress: ProgressBar | None = None, log=print) -> dict
         rows_til.append(til)
         log(f"Task {task + 1}/{n_tasks}  Class-IL {sum(cil) / len(cil):6.2f}  Task-IL {sum(til) / len(til):6.2f}"
             f"  loss {last_loss:.4f}  per task (Class-IL): {' '.join(f'{a:.1f}' for a in cil)}")
+        if args.collapse_metrics:
+            collapse.append(task_collapse_metrics(run, task + 1))
+            log(f"  collapse: {collapse_summary(collapse[-1])}")
     m_cil, m_til = pad_rows(rows_cil, n_tasks), pad_rows(rows_til, n_tasks)
     full = len(rows_cil) == n_tasks
     return {
@@ -163,6 +168,7 @@ def run_experiment(args, progress: ProgressBar | None = None, log=print) -> dict
         "bwt_task_il": backward_transfer(m_til) if full else None,
         "n_steps": n_steps,
         "train_time_s": train_time,
+        "collapse": collapse if args.collapse_metrics else None,
         "wall_time_s": time.perf_counter() - start,
         "device": str(torch.device(args.device)) + (f" ({torch.cuda.get_device_name(args.device)})"
                                                     if torch.device(args.device).type == "cuda" else ""),
