@@ -227,7 +227,8 @@ def test_lr_schedule_warmup_steps_and_cosine():
 
 def test_protocol_defaults_and_cifar100_width():
     a = main_lt.parse_args(["--dataset", "cifar10-lt", "--method", "arc-mixup"])
-    assert (a.n_epochs, a.batch_size, a.lr, a.momentum, a.weight_decay, a.warmup_epochs) == (200, 128, 0.1, 0.9, 2e-4, 5)
+    protocol = (a.n_epochs, a.batch_size, a.lr, a.momentum, a.weight_decay, a.warmup_epochs, a.lr_milestones)
+    assert protocol == (200, 128, 0.1, 0.9, 2e-4, 5, [160, 180])
     assert (a.backbone, a.width, a.imbalance_ratio, a.schedule) == ("resnet32", 16, 100, "step")
     b = main_lt.parse_args(["--dataset", "cifar100-lt", "--method", "arc-mixup", "--imbalance_ratio", "50"])
     assert (b.width, b.imbalance_ratio) == (32, 50)
@@ -371,3 +372,19 @@ def test_ddp_two_cpu_processes_with_gloo(cifar_dir, tmp_path):
     assert r["world_size"] == 2 and r["class_counts"] == long_tail_counts(N_PER_CLASS, 10, 100)
     assert len(r["per_class_acc"]) == 10 and None not in r["per_class_acc"]  # both shards of the test set counted
     assert done.stdout.count("Final (") == 1  # only rank 0 reports
+
+
+@pytest.mark.parametrize("name", ["lt-cifar10", "lt-cifar100"])
+def test_sweep_files_cover_the_grid_and_parse(name):
+    import itertools
+    import yaml
+    with open(os.path.join(REPO, "sweeps", f"{name}.yaml")) as f:
+        sweep = yaml.safe_load(f)
+    assert sweep["program"] == "main_lt.py" and sweep["method"] == "grid"
+    params = sweep["parameters"]
+    assert set(params["method"]["values"]) == {"ce", "mixup", "etf-dr", "arc-mixup"}
+    assert set(params["imbalance_ratio"]["values"]) == {100, 50, 10}
+    keys = list(params)
+    for combo in itertools.product(*(params[k]["values"] for k in keys)):
+        args = main_lt.parse_args([f"--{k}={v}" for k, v in zip(keys, combo)])
+        assert args.backbone == "resnet32" and args.width == (32 if name == "lt-cifar100" else 16)

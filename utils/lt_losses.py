@@ -41,7 +41,8 @@ def balanced_pairs(labels: torch.Tensor, num_classes: int, generator: torch.Gene
     """
     n = len(labels)
     classes = torch.arange(num_classes, device=labels.device)
-    present = torch.bincount(labels, minlength=num_classes) > 0
+    # index_fill_ rather than bincount: CUDA's bincount reads the largest label back to the host
+    present = torch.zeros(num_classes, dtype=torch.bool, device=labels.device).index_fill_(0, labels, True)
     class_i = uniform_choice(present.expand(n, num_classes), generator)
     class_j = uniform_choice(present & (classes != class_i.unsqueeze(1)), generator)
     i = uniform_choice(labels.unsqueeze(0) == class_i.unsqueeze(1), generator)

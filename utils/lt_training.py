@@ -129,7 +129,8 @@ class ArcMixup(LongTailMethod):
     """Fixed FNO head (no scale) with arc-mixup and the -log(q_hat . h_hat) loss (DESIGN.md section 2)."""
 
     def make_head(self, feature_dim):
-        return FixedLinearHead(fno_matrix(self.num_classes, feature_dim, make_generator(self.args.seed, "fno-partition")))
+        generator = make_generator(self.args.seed, "fno-partition")  # the CL side's stream for the same matrix
+        return FixedLinearHead(fno_matrix(self.num_classes, feature_dim, generator))
 
     def loss(self, net, head, x, y):
         lam = draw_lambda(self.lambda_rng, self.args.mixup_alpha)
@@ -351,7 +352,8 @@ def build_network(args, dataset: LongTailDataset, method: LongTailMethod) -> Net
     return Network(backbone, method.make_head(backbone.feature_dim))
 
 
-def build_run(args, procs: Processes, device: torch.device) -> LongTailRun:
+def build_run(args, procs: Processes, device: torch.device, data: Optional[LongTailData] = None) -> LongTailRun:
+    """Everything a run needs; ``data`` replaces the dataset's files (the throughput benchmark's synthetic set)."""
     seed_everything(args.seed)  # weight initialisation: identical on every process
     dataset_cls = get_lt_dataset_class(args.dataset)
     dataset = dataset_cls(args.data_path, args.imbalance_ratio)
@@ -359,7 +361,7 @@ def build_run(args, procs: Processes, device: torch.device) -> LongTailRun:
     model = build_network(args, dataset, method).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    data = load_data(dataset, args, procs, device)
+    data = data or load_data(dataset, args, procs, device)
     net = model
     if procs.distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
