@@ -26,7 +26,13 @@ PROGRAM = textwrap.dedent("""
     p = argparse.ArgumentParser()
     p.add_argument("--method"); p.add_argument("--seed", type=int); p.add_argument("--sleep", type=float)
     p.add_argument("--fail", type=int, default=0); p.add_argument("--results_file")
+    p.add_argument("--checkpoint_dir"); p.add_argument("--resume", action="store_true")
     a = p.parse_args()
+    if a.checkpoint_dir:  # stands for main.py's checkpoint: records that the run was resumed
+        os.makedirs(a.checkpoint_dir, exist_ok=True)
+        marker = os.path.join(a.checkpoint_dir, "attempts")
+        attempts = (open(marker).read() if os.path.exists(marker) else "") + "x"
+        open(marker, "w").write(attempts)
     name = os.path.basename(a.results_file)
     with open(os.environ["LEDGER"], "a") as f:
         f.write(json.dumps({"event": "start", "name": name, "pid": os.getpid(), "t": time.time()}) + "\\n")
@@ -81,6 +87,14 @@ def test_results_name_is_canonical_and_ignores_operational_flags():
     assert results_name({"n": 5120.0}) == "n=5120"
     odd = results_name({"name": "a/b c"})
     assert "/" not in odd and " " not in odd and odd != results_name({"name": "a_b_c"})
+
+
+def test_render_command_matches_wandbs_own():
+    utils = pytest.importorskip("wandb.sdk.launch.sweeps.utils")
+    params = {"model": "er", "load_best_args": True, "compile": False, "lr": 0.1, "seed": 3}
+    theirs = utils.create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
+    for form in ("args", "args_no_equals", "args_no_hyphens", "args_no_boolean_flags"):
+        assert render_command(["${" + form + "}"], "p", params) == theirs[form], form
 
 
 def test_render_command_like_a_wandb_agent():
@@ -190,3 +204,18 @@ def test_interrupted_runner_stops_its_runs(env):
         with pytest.raises(ProcessLookupError):
             os.kill(event["pid"], 0)
     assert results_in(out) == []
+
+
+def test_checkpoints_option_resumes_and_cleans_up(env, capsys):
+    sweep = make_sweep(env, seeds=(1,), sleep=0.0, fail=(0, 1))
+    out = env / "R"
+    assert grid_main([sweep, "--results_dir", str(out), "--checkpoints"]) == 1
+    runs = {r.params["fail"]: r for r in plan(sweep, str(out), checkpoints=True) if r.params["method"] == "a"}
+    assert runs[0].argv[-2:] == [f"--checkpoint_dir={runs[0].checkpoint_dir}", "--resume"]
+    assert os.path.exists(runs[0].results_file) and not os.path.exists(runs[0].checkpoint_dir)
+    failed = runs[1].checkpoint_dir  # kept for the next attempt, which resumes from it
+    assert open(os.path.join(failed, "attempts")).read() == "x"
+    assert grid_main([sweep, "--results_dir", str(out), "--checkpoints"]) == 1
+    assert open(os.path.join(failed, "attempts")).read() == "xx"
+    log = open(runs[1].log_file).read()
+    assert log.count("--resume") == 2  # the log keeps both attempts

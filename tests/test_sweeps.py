@@ -55,7 +55,7 @@ def test_every_generated_command_is_accepted(path, tmp_path, capsys, monkeypatch
         if missing:
             pytest.skip(f"dataset(s) {', '.join(sorted(missing))} not registered in this checkout yet")
     monkeypatch.chdir(ROOT)
-    runs = plan(path, str(tmp_path))
+    runs = plan(path, str(tmp_path), checkpoints=sweep["program"] == "main.py")
     assert len(runs) == len(combos) and len({r.results_file for r in runs}) == len(runs)
     for params, run in zip(combos, runs):
         agent_argv = render_command(sweep.get("command") or DEFAULT_COMMAND, "PROGRAM", params)
@@ -66,6 +66,8 @@ def test_every_generated_command_is_accepted(path, tmp_path, capsys, monkeypatch
             if key != "results_dir" and not isinstance(value, bool):
                 assert getattr(grid_args, key) == value, (key, grid_argv)
         assert grid_args.results_file == run.results_file
+        if run.checkpoint_dir:
+            assert grid_args.checkpoint_dir == run.checkpoint_dir and grid_args.resume is True
         if "results_dir" in params:
             # An agent's run and the grid runner's run of the same parameters write the same file name.
             assert os.path.basename(agent_args.results_file) == os.path.basename(run.results_file)

@@ -13,6 +13,11 @@ atomically at the very end of a run, so a run that was killed left no file and
 is simply run again: the runner can be stopped and restarted at any time, and
 each run ends up exactly once in DIR.  ``main.py --results_dir DIR`` names the
 file with the same function, which is how wandb agents fill the same directory.
+
+With ``--checkpoints`` each run also keeps a checkpoint in
+``DIR/checkpoints/<name>/`` (``--checkpoint_dir ... --resume``), so a restarted
+grid continues an interrupted run from its last completed task instead of from
+the start; the checkpoint is deleted once the run's results file is written.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import hashlib
 import itertools
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -78,6 +84,7 @@ class GridRun:
     results_file: str
     log_file: str
     argv: List[str]
+    checkpoint_dir: Optional[str] = None
 
 
 def load_sweep(path: str) -> dict:
@@ -147,8 +154,9 @@ def render_command(command: List[str], program: str, params: Dict[str, object],
     return argv
 
 
-def plan(sweep_path: str, results_dir: str, interpreter: str = sys.executable) -> List[GridRun]:
-    """The runs of a sweep file, each with its command, results file and log file."""
+def plan(sweep_path: str, results_dir: str, interpreter: str = sys.executable,
+         checkpoints: bool = False) -> List[GridRun]:
+    """The runs of a sweep file, each with its command, results file, log file (and checkpoint directory)."""
     sweep = load_sweep(sweep_path)
     program = str(sweep["program"])
     if not os.path.exists(program):
@@ -165,9 +173,12 @@ def plan(sweep_path: str, results_dir: str, interpreter: str = sys.executable) -
         seen.add(name)
         results_file = os.path.join(results_dir, name + ".json")
         argv = render_command(sweep.get("command") or DEFAULT_COMMAND, program, params, interpreter)
+        argv.append(f"--results_file={results_file}")
+        checkpoint_dir = os.path.join(results_dir, "checkpoints", name) if checkpoints else None
+        if checkpoint_dir:
+            argv += [f"--checkpoint_dir={checkpoint_dir}", "--resume"]
         runs.append(GridRun(params, " ".join(f"{k}={params[k]}" for k in varying) or name, results_file,
-                            os.path.join(results_dir, "logs", name + ".log"),
-                            argv + [f"--results_file={results_file}"]))
+                            os.path.join(results_dir, "logs", name + ".log"), argv, checkpoint_dir))
     return runs
 
 
@@ -222,7 +233,7 @@ def run_grid(runs: List[GridRun], jobs: int = 1, out=None) -> int:
             while pending and len(running) < jobs:
                 run = pending.pop(0)
                 os.makedirs(os.path.dirname(run.log_file), exist_ok=True)
-                log = open(run.log_file, "w")
+                log = open(run.log_file, "a" if run.checkpoint_dir else "w")
                 log.write(" ".join(run.argv) + "\n")
                 log.flush()
                 # Own session: a Ctrl-C reaches the runner only, which forwards it once (stop_children).
@@ -241,6 +252,8 @@ def run_grid(runs: List[GridRun], jobs: int = 1, out=None) -> int:
                 took = time.monotonic() - began
                 if proc.returncode == 0 and os.path.exists(run.results_file):
                     status = f"done  {run.label}  {took:.1f}s  {_headline(run.results_file)}"
+                    if run.checkpoint_dir:
+                        shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
                 else:
                     why = (f"exit {proc.returncode}" if proc.returncode != 0
                            else "exit 0 but no results file")
@@ -287,12 +300,15 @@ def main(argv: Optional[list] = None) -> int:
     p.add_argument("sweep", help="a wandb sweep file with method: grid (e.g. sweeps/seq-digits.yaml)")
     p.add_argument("--results_dir", required=True, help="where the results files (and logs/) go")
     p.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
+    p.add_argument("--checkpoints", action="store_true",
+                   help="checkpoint each run after every task (under DIR/checkpoints) and resume interrupted runs "
+                        "from there on restart; the program must take --checkpoint_dir and --resume (main.py does)")
     p.add_argument("--dry_run", action="store_true", help="print the commands of the runs still to do and exit")
     args = p.parse_args(argv)
     if args.jobs < 1:
         p.error(f"--jobs must be at least 1, got {args.jobs}")
     try:
-        runs = plan(args.sweep, args.results_dir)
+        runs = plan(args.sweep, args.results_dir, checkpoints=args.checkpoints)
     except UserError as exc:
         print(f"utils.grid: error: {exc}", file=sys.stderr)
         return 2

@@ -447,6 +447,11 @@ def summarize(directory: str, plots: Optional[str] = None, out=None) -> int:
     atomic_write_bytes(os.path.join(directory, "summary.md"), "\n".join(markdown).encode())
     report(f"\nwrote {os.path.join(directory, 'summary.csv')} and {os.path.join(directory, 'summary.md')}")
     if plots and not cl.empty:
+        try:
+            import matplotlib  # noqa: F401  (an optional dependency: the 'plots' extra)
+        except ImportError:
+            report("cannot draw --plots: matplotlib is not installed (pip install -e '.[plots]')")
+            return len(cl) + len(lt)
         written = draw_plots(cl, stats, plots)
         report(f"wrote {len(written)} plots to {plots}")
     return len(cl) + len(lt)
