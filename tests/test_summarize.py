@@ -158,11 +158,14 @@ def test_mixed_settings_and_unclean_pairs_are_reported(tmp_path, capsys):
         write(tmp_path / f"fc{seed}.json", cl_results("er", "fc", seed, 80.0, 95.0))
         fno = cl_results("er", "fno", seed, 82.0, 95.0)
         fno["args"]["lr"] = 0.03 if seed == 1 else 0.1
+        if seed == 2:  # the same configuration reached through the alias and the best-args table
+            fno["args"].update(model_name="orthermr", load_best_args=True)
         write(tmp_path / f"fno{seed}.json", fno)
     main([str(tmp_path)])
     printed = capsys.readouterr().out
     assert "differ in lr; they are averaged together" in printed
     assert "also differ in lr: not a clean paired comparison" in printed
+    assert "model_name" not in printed and "load_best_args" not in printed
 
 
 def test_empty_directory_is_an_error(tmp_path, capsys):

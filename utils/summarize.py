@@ -36,6 +36,10 @@ BENCHMARK_ORDER = ("seq-digits", "seq-mnist", "seq-cifar10", "seq-cifar100", "se
 METRICS = {"Class-IL": "class_il", "Task-IL": "task_il"}
 LT_METRICS = {"Acc": "accuracy", "Many": "many_acc", "Medium": "medium_acc", "Few": "few_acc"}
 DELTA = "FNO - FC"
+# Arguments that do not change what a run computes, beyond the output and logging flags: the seed varies
+# within a cell by design, the model's alias resolves to the model and flags, and --load_best_args
+# resolves to the hyper-parameters it sets, which are compared themselves.
+NOT_COMPARED = OPERATIONAL_FLAGS | {"seed", "model_name", "load_best_args"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -164,7 +168,7 @@ def read_record(path: str) -> Tuple[str, dict]:
     if not isinstance(results, dict) or not isinstance(results.get("args"), dict):
         raise BadResults("not a results file (no 'args' mapping)")
     args = results["args"]
-    identity = {k: v for k, v in args.items() if k not in OPERATIONAL_FLAGS and k != "seed"}
+    identity = {k: v for k, v in args.items() if k not in NOT_COMPARED}
     record = {"path": path, "seed": _field(args, "seed"), "dataset": _field(args, "dataset"), "identity": identity}
     if results.get("setting") == "long-tail":
         record.update(method=_field(args, "method"), imbalance_ratio=_field(args, "imbalance_ratio"))
