@@ -152,3 +152,42 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path, reference, capsys):
     assert "starting from the first task" in capsys.readouterr().out
     assert results_without_timing(out) == reference["er-fc"]
     assert stages_in(tmp_path / "ck") == 5
+
+
+def _draws(run):
+    import random
+    import numpy as np
+    gens = [run.data_generator, run.augment_generator, run.model.setting.buffer_generator]
+    out = [torch.randperm(50, generator=g, device=g.device).tolist() for g in gens]
+    out += [torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random()]
+    if run.model.device.type == "cuda":
+        out.append(torch.rand(3, device=run.model.device).tolist())
+    return out
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")])])
+def test_checkpoint_restores_every_random_stream_and_the_model(tmp_path, device):
+    from utils.args import parse_args
+    from utils.checkpoint import load_checkpoint, restore_run, save_checkpoint
+    from utils.training import build_run
+    argv = [a if a != "cpu" else device for a in BASE] + CONFIGS["derpp-fno"]
+    args = parse_args(argv + ["--checkpoint_dir", str(tmp_path), "--resume"])
+    run = build_run(args)
+    run.model.buffer.add(examples=run.train.x[:20], labels=run.train.y[:20],
+                         logits=torch.randn(20, 10, device=run.model.device))
+    history = {"stages_done": 1, "rows_cil": [[50.0]], "rows_til": [[90.0]], "wall_time_s": 1.0}
+    save_checkpoint(str(tmp_path), run, history, {"step": 7, "run_id": None})
+    expected, weights = _draws(run), {k: v.clone() for k, v in run.model.state_dict().items()}
+    with torch.no_grad():
+        for p in run.model.parameters():
+            p.add_(1.0)
+    run.model.buffer.add(examples=run.train.x[:5], labels=run.train.y[:5],
+                         logits=torch.zeros(5, 10, device=run.model.device))
+    state = load_checkpoint(args)
+    restore_run(run, state)
+    assert state["history"] == history and state["logger"] == {"step": 7, "run_id": None}
+    assert _draws(run) == expected
+    for key, value in run.model.state_dict().items():
+        assert torch.equal(value, weights[key]), key
+    assert run.model.buffer.num_seen == 20
