@@ -9,9 +9,9 @@ class ProgressBar:
     """Redraws one stderr line at most every ``interval`` seconds; reading the loss syncs the device,
     so it is only read when a line is actually drawn."""
 
-    def __init__(self, enabled: bool | None = None, stream=sys.stderr, interval: float = 0.25):
-        self.stream = stream
-        self.enabled = stream.isatty() if enabled is None else enabled
+    def __init__(self, enabled: bool | None = None, stream=None, interval: float = 0.25):
+        self.stream = stream or sys.stderr  # looked up now: sys.stderr may have been replaced since import
+        self.enabled = self.stream.isatty() if enabled is None else enabled
         self.interval = interval
         self._last = 0.0
 
