@@ -9,6 +9,7 @@ and finally the defaults below.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import torch
@@ -18,6 +19,7 @@ from backbone.heads import HEADS
 from datasets import dataset_names, get_dataset_class
 from models import get_model_class, model_aliases, model_names
 from utils.best_args import best_args
+from utils.grid import results_name
 
 # `python main.py` with no arguments: masked-FNO ER on the embedded digits benchmark.
 DEFAULT_ARGV = ["--dataset", "seq-digits", "--model", "er", "--classifier", "fno",
@@ -26,7 +28,8 @@ DEFAULT_ARGV = ["--dataset", "seq-digits", "--model", "er", "--classifier", "fno
 DEFAULTS = {
     "classifier": "fc", "masked_softmax": 0, "buffer_size": 0, "seed": 0, "data_path": "data",
     "load_best_args": False, "nowand": 0, "amp": "none", "channels_last": 0, "compile": 0,
-    "collapse_metrics": 0, "alpha": None, "beta": None, "results_file": None,
+    "collapse_metrics": 0, "alpha": None, "beta": None, "results_file": None, "results_dir": None,
+    "wandb_project": None, "wandb_entity": None, "wandb_name": None, "checkpoint_dir": None, "resume": False,
 }
 
 
@@ -55,6 +58,16 @@ def _compile_mode(text: str):
     if text not in COMPILE_MODES:
         raise argparse.ArgumentTypeError(f"expected 0, 1 or a mode ({', '.join(COMPILE_MODES)}), got {text!r}")
     return text
+
+
+def _switch(text: str) -> bool:
+    """A switch given bare (``--resume``) or with a value, as wandb agents pass it (``--resume=True``)."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected nothing, 1/0 or true/false, got {text!r}")
 
 
 def _positive(kind):
@@ -100,7 +113,7 @@ def build_parser() -> OneLineParser:
     g.add_argument("--classifier", choices=HEADS, help="head: fc (learnable, bias) or fno (fixed non-negative orthogonal); default fc")
     g.add_argument("--masked_softmax", type=_binary, help="mask the stream batch's logits to its own task (0|1, default 0)")
     g.add_argument("--buffer_size", type=_non_negative_int, help="replay buffer size (required by rehearsal methods)")
-    g.add_argument("--load_best_args", action="store_true", default=None,
+    g.add_argument("--load_best_args", type=_switch, nargs="?", const=True,
                    help="use the paper's hyper-parameters for dataset/model/buffer; explicit flags win")
     h = p.add_argument_group("hyper-parameters")
     h.add_argument("--lr", type=_positive(float), help="learning rate")
@@ -114,7 +127,16 @@ def build_parser() -> OneLineParser:
     r.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     r.add_argument("--data_path", help="where datasets live / are downloaded (default ./data)")
     r.add_argument("--results_file", help="write the results here as JSON (atomically)")
-    r.add_argument("--nowand", type=_binary, help="1 disables wandb logging")
+    r.add_argument("--results_dir", help="write the results as JSON into this directory, the file named from "
+                   "the flags given (as the grid runner names it; for wandb sweep agents)")
+    r.add_argument("--checkpoint_dir", help="save a checkpoint here after every task (atomically)")
+    r.add_argument("--resume", type=_switch, nargs="?", const=True,
+                   help="continue from the last task saved in --checkpoint_dir (a fresh start when there is none)")
+    w = p.add_argument_group("wandb (on when a project is given, by flag or WANDB_PROJECT)")
+    w.add_argument("--nowand", type=_binary, help="1 disables wandb logging")
+    w.add_argument("--wandb_project", help="wandb project (default: $WANDB_PROJECT; none: no logging)")
+    w.add_argument("--wandb_entity", help="wandb entity (user or team)")
+    w.add_argument("--wandb_name", help="wandb run name (default: wandb's)")
     r.add_argument("--collapse_metrics", type=_binary, help="1 computes neural-collapse metrics after each task")
     s = p.add_argument_group("speed")
     s.add_argument("--amp", choices=("none", "bf16"), help="autocast precision (default none)")
@@ -122,6 +144,8 @@ def build_parser() -> OneLineParser:
     s.add_argument("--compile", type=_compile_mode,
                    help="torch.compile the network: 0, 1 (default mode) or a mode name, e.g. reduce-overhead "
                         "(CUDA graphs on CUDA)")
+    s.add_argument("--num_threads", type=_positive(int),
+                   help="CPU threads for torch (default: the dataset's choice, else torch's)")
     return p
 
 
@@ -174,7 +198,7 @@ def resolve(ns: argparse.Namespace) -> argparse.Namespace:
         values.update(fixed)
     dataset_cls = get_dataset_class(explicit["dataset"])
     values.update(backbone=dataset_cls.BACKBONE, n_epochs=dataset_cls.N_EPOCHS,
-                  batch_size=dataset_cls.BATCH_SIZE)
+                  batch_size=dataset_cls.BATCH_SIZE, num_threads=dataset_cls.CPU_THREADS)
     buffer_size = explicit.get("buffer_size", values["buffer_size"])
     if explicit.get("load_best_args"):
         try:
@@ -197,4 +221,10 @@ def resolve(ns: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--model {explicit['model']} needs " + ", ".join(f"--{m}" for m in missing)
                          + " (give it, or use --load_best_args)")
     values["device"] = str(resolve_device(values.get("device")))
+    if values["resume"] and not values["checkpoint_dir"]:
+        raise ValueError("--resume needs --checkpoint_dir (the directory holding the checkpoint)")
+    if values["results_dir"] is not None:
+        if "results_file" in explicit:
+            raise ValueError("give either --results_file or --results_dir, not both")
+        values["results_file"] = os.path.join(values["results_dir"], results_name(explicit) + ".json")
     return argparse.Namespace(**values)

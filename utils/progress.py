@@ -10,8 +10,7 @@ class ProgressBar:
     so it is only read when a line is actually drawn."""
 
     def __init__(self, enabled: bool | None = None, stream=None, interval: float = 0.25):
-        # sys.stderr is looked up now, not at import: it may have been replaced since (e.g. by pytest).
-        self.stream = sys.stderr if stream is None else stream
+        self.stream = stream or sys.stderr  # looked up now: sys.stderr may have been replaced since import
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self.interval = interval
         self._last = 0.0

@@ -14,10 +14,13 @@ from datasets import get_dataset_class
 from datasets.utils.continual_dataset import ContinualDataset, Split
 from models import get_model_class
 from models.continual_model import ContinualModel, Setting
+from utils.checkpoint import load_checkpoint, restore_run, save_checkpoint
+from utils.collapse import summary as collapse_summary, task_collapse_metrics
 from utils.losses import mask_other_tasks
 from utils.metrics import backward_transfer, final_average, forgetting, pad_rows
 from utils.progress import ProgressBar
 from utils.seeding import make_generator, seed_everything
+from utils.wandb_logger import WandbLogger
 
 EVAL_BATCH = 1024  # test images per forward pass at 32x32 pixels
 
@@ -39,6 +42,7 @@ class Run:
     task_of_class: torch.Tensor
     data_generator: torch.Generator
     augment_generator: torch.Generator
+    scheduler: object = None   # the current task's learning-rate scheduler, if the dataset has one
 
 
 def build_network(args, dataset: ContinualDataset) -> Network:
@@ -53,6 +57,8 @@ def build_network(args, dataset: ContinualDataset) -> Network:
 def build_run(args, dataset: ContinualDataset | None = None) -> Run:
     """Build a run; ``dataset`` replaces the one named by ``args.dataset`` (the benchmarks pass synthetic data)."""
     device = torch.device(args.device)
+    if device.type == "cpu" and args.num_threads:
+        torch.set_num_threads(args.num_threads)
     seed_everything(args.seed)
     if dataset is None:
         dataset = get_dataset_class(args.dataset)(args.data_path)
@@ -113,13 +119,16 @@ def stages(run: Run):
     return list(enumerate(per_task))
 
 
-def train_stage(run: Run, task: int, indices: torch.Tensor, progress: ProgressBar) -> float:
-    """``begin_task``, the epochs of ``observe`` over ``indices``, ``end_task``; return the last loss."""
+def train_stage(run: Run, task: int, indices: torch.Tensor, progress: ProgressBar,
+                logger: WandbLogger | None = None):
+    """``begin_task``, the epochs of ``observe`` over ``indices``, ``end_task``.
+
+    Returns the last batch's loss and the number of optimizer steps taken."""
     args, model, train, transform = run.args, run.model, run.train, run.dataset.TRANSFORM
     model.train()
     model.begin_task(task)
     model.opt = model.build_optimizer()
-    scheduler = run.dataset.get_scheduler(model.opt, args)
+    scheduler = run.scheduler = run.dataset.get_scheduler(model.opt, args)
     steps_per_epoch = math.ceil(len(indices) / args.batch_size)
     total = steps_per_epoch * args.n_epochs
     label = f"Task {task + 1}/{run.dataset.N_TASKS}"
@@ -130,31 +139,75 @@ def train_stage(run: Run, task: int, indices: torch.Tensor, progress: ProgressBa
             raw, labels = train.x[batch], train.y[batch]
             loss = model.observe(transform.train(raw, run.augment_generator), labels, raw)
             progress.update(label, epoch * steps_per_epoch + step + 1, total, loss)
+            if logger is not None:
+                logger.train_step(loss)
         if scheduler is not None:
             scheduler.step()
     progress.close()
     model.end_task(task)
-    return float(loss)
+    return float(loss), total
 
 
 def run_experiment(args, progress: ProgressBar | None = None, log=print) -> dict:
-    """Train and evaluate one run; return the results dictionary (see README for the fields)."""
+    """Train and evaluate one run; return the results dictionary (see README for the fields).
+
+    With ``args.checkpoint_dir`` the run is saved after every task, and with
+    ``args.resume`` it continues from the last saved task.  On KeyboardInterrupt
+    (SIGINT, or SIGTERM as ``main`` maps it) the run stops at once; the
+    checkpoint keeps every completed task.
+    """
     start = time.perf_counter()
     run = build_run(args)
     progress = progress or ProgressBar()
     n_tasks = run.dataset.N_TASKS
-    rows_cil: List[List[float]] = []
-    rows_til: List[List[float]] = []
-    for task, indices in stages(run):
-        last_loss = train_stage(run, task, indices, progress)
-        cil, til = evaluate(run, task + 1)
-        rows_cil.append(cil)
-        rows_til.append(til)
-        log(f"Task {task + 1}/{n_tasks}  Class-IL {sum(cil) / len(cil):6.2f}  Task-IL {sum(til) / len(til):6.2f}"
-            f"  loss {last_loss:.4f}  per task (Class-IL): {' '.join(f'{a:.1f}' for a in cil)}")
+    # Everything per task that the results are made of; a checkpoint stores it as it is.
+    history = {"stages_done": 0, "rows_cil": [], "rows_til": [], "collapse": [], "n_steps": 0,
+               "train_time_s": 0.0, "wall_time_s": 0.0}
+    saved = load_checkpoint(args) if args.checkpoint_dir else None
+    if saved is not None:
+        restore_run(run, saved)
+        history = saved["history"]
+        log(f"Resuming from {args.checkpoint_dir}: {history['stages_done']} task(s) already done")
+    elif args.resume:
+        log(f"No checkpoint in {args.checkpoint_dir} yet: starting from the first task")
+    time_before = history["wall_time_s"]
+    logger = WandbLogger(args, saved["logger"] if saved else None)
+    try:
+        for stage, (task, indices) in enumerate(stages(run)):
+            if stage < history["stages_done"]:
+                continue
+            tic = time.perf_counter()
+            last_loss, steps = train_stage(run, task, indices, progress, logger)
+            history["train_time_s"] += time.perf_counter() - tic
+            history["n_steps"] += steps
+            cil, til = evaluate(run, task + 1)
+            history["rows_cil"].append(cil)
+            history["rows_til"].append(til)
+            log(f"Task {task + 1}/{n_tasks}  Class-IL {sum(cil) / len(cil):6.2f}  Task-IL {sum(til) / len(til):6.2f}"
+                f"  loss {last_loss:.4f}  per task (Class-IL): {' '.join(f'{a:.1f}' for a in cil)}")
+            collapse = task_collapse_metrics(run, task + 1) if args.collapse_metrics else None
+            if collapse is not None:
+                history["collapse"].append(collapse)
+                log(f"  collapse: {collapse_summary(collapse)}")
+            history["stages_done"] = stage + 1
+            history["wall_time_s"] = time_before + time.perf_counter() - start
+            logger.task_done(task, cil, til, collapse)
+            if args.checkpoint_dir:
+                save_checkpoint(args.checkpoint_dir, run, history, logger.state())
+    except KeyboardInterrupt:
+        progress.close()
+        logger.finish(exit_code=130)
+        if args.checkpoint_dir:
+            log(f"Interrupted after {history['stages_done']} completed task(s); the checkpoint in "
+                f"{args.checkpoint_dir} keeps them: rerun with --resume to continue")
+        raise
+    except BaseException:
+        logger.finish(exit_code=1)
+        raise
+    rows_cil, rows_til = history["rows_cil"], history["rows_til"]
     m_cil, m_til = pad_rows(rows_cil, n_tasks), pad_rows(rows_til, n_tasks)
     full = len(rows_cil) == n_tasks
-    return {
+    results = {
         "args": vars(args),
         "class_il": final_average(m_cil),
         "task_il": final_average(m_til),
@@ -164,8 +217,13 @@ def run_experiment(args, progress: ProgressBar | None = None, log=print) -> dict
         "forgetting_task_il": forgetting(m_til) if full else None,
         "bwt_class_il": backward_transfer(m_cil) if full else None,
         "bwt_task_il": backward_transfer(m_til) if full else None,
-        "wall_time_s": time.perf_counter() - start,
+        "n_steps": history["n_steps"],
+        "train_time_s": history["train_time_s"],
+        "collapse": history["collapse"] if args.collapse_metrics else None,
+        "wall_time_s": time_before + time.perf_counter() - start,
         "device": str(torch.device(args.device)) + (f" ({torch.cuda.get_device_name(args.device)})"
                                                     if torch.device(args.device).type == "cuda" else ""),
         "torch_version": torch.__version__,
     }
+    logger.finish(results)
+    return results

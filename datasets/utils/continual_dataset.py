@@ -40,6 +40,7 @@ class ContinualDataset:
     N_EPOCHS: int = 1
     BATCH_SIZE: int = 32
     TRANSFORM: DeviceTransform = DeviceTransform(scale=255.0)
+    CPU_THREADS: Optional[int] = None  # torch threads for CPU runs; None keeps torch's default
 
     def __init__(self, data_path: str):
         self.data_path = data_path

@@ -10,6 +10,12 @@ from utils.errors import DataError
 
 _DTYPES = {0x08: np.uint8}
 
+# The (images, labels) file stems of each MNIST split, as torchvision stores them in MNIST/raw/.
+MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
 
 def read_idx(path: str) -> np.ndarray:
     """Read an IDX file; raise ``DataError`` naming the file if it is truncated or malformed."""
@@ -39,3 +45,12 @@ def find_file(directory: str, stem: str) -> str | None:
         if os.path.isfile(path):
             return path
     return None
+
+
+def write_idx(path: str, array: np.ndarray) -> None:
+    """Write a uint8 array as an IDX file (gzipped when ``path`` ends in .gz); for tests and benchmarks."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(header + array.tobytes())

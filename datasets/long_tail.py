@@ -1,0 +1,259 @@
+"""Long-tailed benchmarks: CIFAR-10/100-LT (device-resident) and ImageNet-LT / Places-LT (split lists).
+
+These are not continual benchmarks: they live in their own registry
+(``LT_DATASETS``), read by ``main_lt.py``, and never appear in ``main.py``'s
+``--dataset`` choices.
+
+* ``cifar10-lt`` / ``cifar100-lt``: the CIFAR training set cut to the
+  exponential profile n_c = floor(n_max * (1/rho)^(c/(K-1))) for class
+  c = 0..K-1 (``--imbalance_ratio rho``: the ratio itself, 100 means the rarest
+  class has 1/100 of the most frequent one).  The kept images of each class
+  are drawn with a fixed seed (part of the benchmark, not of the run); the
+  test set is CIFAR's balanced one.
+* ``imagenet-lt`` / ``places-lt``: the standard split lists under
+  ``--data_path`` (one "relative/path label" per line, paths relative to
+  ``--data_path``); the images are decoded by DataLoader workers.
+"""
+from __future__ import annotations
+
+import os
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from datasets.utils.continual_dataset import Split
+from datasets.utils.cifar_io import load_cifar
+from datasets.utils.transforms import DeviceTransform
+from utils.errors import DataError, UserError
+from utils.registry import UnknownNameError, registrar
+
+LT_DATASETS: dict = {}
+register_lt_dataset = registrar(LT_DATASETS, "long-tail dataset")
+
+SUBSET_SEED = 0  # which images a CIFAR-LT class keeps is part of the benchmark, not of the run
+MANY_SHOT_ABOVE = 100  # many: more than 100 training images; few: fewer than 20; medium: the rest
+FEW_SHOT_BELOW = 20
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def get_lt_dataset_class(name: str) -> type:
+    if name not in LT_DATASETS:
+        raise UnknownNameError(f"unknown long-tail dataset {name!r}; valid choices: {', '.join(sorted(LT_DATASETS))}")
+    return LT_DATASETS[name]
+
+
+def lt_dataset_names() -> list:
+    return sorted(LT_DATASETS)
+
+
+def check_imbalance_ratio(imbalance_ratio: float) -> None:
+    if not imbalance_ratio >= 1:
+        raise UserError(f"--imbalance_ratio must be >= 1 (the ratio of the largest to the smallest class, "
+                        f"e.g. 100), got {imbalance_ratio}")
+
+
+def long_tail_counts(n_max: int, num_classes: int, imbalance_ratio: float) -> List[int]:
+    """n_c = floor(n_max * (1/rho)^(c/(K-1))) for c = 0..K-1 (class 0 is the most frequent)."""
+    check_imbalance_ratio(imbalance_ratio)
+    if num_classes < 2:
+        raise UserError(f"a long-tailed profile needs at least 2 classes, got {num_classes}")
+    return [int(n_max * (1.0 / imbalance_ratio) ** (c / (num_classes - 1))) for c in range(num_classes)]
+
+
+def long_tail_subset(labels: np.ndarray, counts: Sequence[int], seed: int) -> np.ndarray:
+    """Sorted indices keeping ``counts[c]`` images of class c, drawn without replacement from ``seed``."""
+    rng = np.random.RandomState(seed)
+    keep = []
+    for c, n in enumerate(counts):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) < n:
+            raise DataError(f"class {c} has {len(idx)} training images, fewer than the {n} its profile needs")
+        keep.append(rng.permutation(idx)[:n])
+    return np.sort(np.concatenate(keep))
+
+
+def shot_groups(class_counts: Sequence[int]) -> dict:
+    """Class indices of the many- (> 100 training images), medium- (20..100) and few-shot (< 20) groups."""
+    groups = {"many": [], "medium": [], "few": []}
+    for c, n in enumerate(class_counts):
+        key = "many" if n > MANY_SHOT_ABOVE else "few" if n < FEW_SHOT_BELOW else "medium"
+        groups[key].append(c)
+    return groups
+
+
+class LongTailDataset:
+    """A long-tailed benchmark: protocol defaults as class attributes, data from ``load``.
+
+    ``RESIDENT`` sets hold uint8 tensors that the trainer moves to the device
+    (``load_resident`` returns train and test ``Split``s); the others return
+    torch ``Dataset``s of uint8 images from ``load_files``, decoded by
+    DataLoader workers.  Either way ``TRANSFORM`` turns the uint8 batch into
+    the network's input on the device (``train`` augments, ``test`` does not).
+    """
+
+    NAME: str = ""
+    NUM_CLASSES: int = 0
+    INPUT_SHAPE: Tuple[int, ...] = ()
+    BACKBONE: str = ""
+    BACKBONE_WIDTH: Optional[int] = None  # default --width when the default backbone is used
+    SCHEDULE: str = "step"                # "step": x0.1 at the milestones; "cosine"
+    RESIDENT: bool = True
+    TAKES_IMBALANCE_RATIO: bool = False
+    TRANSFORM: DeviceTransform = DeviceTransform(scale=255.0)
+
+    def __init__(self, data_path: str, imbalance_ratio: Optional[float] = None):
+        if imbalance_ratio is not None and not self.TAKES_IMBALANCE_RATIO:
+            raise UserError(f"--imbalance_ratio does not apply to {self.NAME}: its long-tailed profile is fixed "
+                            f"by its split list (it applies to "
+                            f"{', '.join(n for n, c in sorted(LT_DATASETS.items()) if c.TAKES_IMBALANCE_RATIO)})")
+        self.data_path = data_path
+        self.imbalance_ratio = imbalance_ratio
+
+    def input_shape(self, image_size: int) -> Tuple[int, ...]:
+        return self.INPUT_SHAPE
+
+
+class CifarLongTail(LongTailDataset):
+    CIFAR: str = ""
+    INPUT_SHAPE = (3, 32, 32)
+    BACKBONE = "resnet32"
+    TAKES_IMBALANCE_RATIO = True
+    DEFAULT_IMBALANCE_RATIO = 100.0
+
+    def __init__(self, data_path: str, imbalance_ratio: Optional[float] = None):
+        super().__init__(data_path, imbalance_ratio)
+        if self.imbalance_ratio is None:
+            self.imbalance_ratio = self.DEFAULT_IMBALANCE_RATIO
+        check_imbalance_ratio(self.imbalance_ratio)
+
+    def load_resident(self) -> Tuple[Split, Split]:
+        train, test = load_cifar(self.data_path, self.CIFAR)
+        labels = train.y.numpy()
+        # n_max is the size of the smallest class of the balanced set (5000 on the real one), so every
+        # class can supply its share; this keeps the profile exact on reduced copies of CIFAR too.
+        n_max = int(np.bincount(labels, minlength=self.NUM_CLASSES).min())
+        counts = long_tail_counts(n_max, self.NUM_CLASSES, self.imbalance_ratio)
+        keep = torch.from_numpy(long_tail_subset(labels, counts, SUBSET_SEED))
+        return Split(train.x[keep], train.y[keep]), test
+
+
+@register_lt_dataset("cifar10-lt")
+class Cifar10LongTail(CifarLongTail):
+    CIFAR = "cifar10"
+    NUM_CLASSES = 10
+    BACKBONE_WIDTH = 16  # ResNet-32 with 16 base channels: D = 64
+    TRANSFORM = DeviceTransform(255.0, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
+                                crop_padding=4, flip=True)
+
+
+@register_lt_dataset("cifar100-lt")
+class Cifar100LongTail(CifarLongTail):
+    CIFAR = "cifar100"
+    NUM_CLASSES = 100
+    BACKBONE_WIDTH = 32  # 32 base channels: D = 128 >= 100 classes, so that the FNO head fits
+    TRANSFORM = DeviceTransform(255.0, mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
+                                crop_padding=4, flip=True)
+
+
+def read_split_list(path: str, num_classes: int) -> List[Tuple[str, int, int]]:
+    """Parse a split list into (relative path, label, line number): one "relative/path label" per line.
+
+    Blank lines are ignored; paths may contain spaces (the label is the last
+    field).  Any other line is an error naming the file and the line number.
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"split list {path} is missing: put the standard list file there "
+                        f"(one 'relative/path label' per line, paths relative to its folder)")
+    entries = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            text = line.strip()
+            if not text:
+                continue
+            fields = text.rsplit(maxsplit=1)
+            if len(fields) != 2:
+                raise DataError(f"{path}, line {number}: expected 'relative/path label', got {text!r}")
+            rel, label_text = fields
+            try:
+                label = int(label_text)
+            except ValueError:
+                raise DataError(f"{path}, line {number}: label {label_text!r} is not an integer") from None
+            if not 0 <= label < num_classes:
+                raise DataError(f"{path}, line {number}: label {label} is outside 0..{num_classes - 1}")
+            entries.append((rel, label, number))
+    if not entries:
+        raise DataError(f"split list {path} holds no entries")
+    return entries
+
+
+class ImageListDataset(torch.utils.data.Dataset):
+    """Images named by a split list, decoded with PIL and returned as uint8 C x H x W tensors."""
+
+    def __init__(self, root: str, list_path: str, entries: List[Tuple[str, int, int]], transform):
+        self.root = root
+        self.list_path = list_path
+        self.entries = entries
+        self.transform = transform
+        self.targets = [label for _, label, _ in entries]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+        rel, label, line = self.entries[index]
+        path = os.path.join(self.root, rel)
+        try:
+            with Image.open(path) as img:
+                image = img.convert("RGB")
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read image {path} ({self.list_path}, line {line}): "
+                            f"{type(exc).__name__}: {exc}") from None
+        return self.transform(image), label
+
+
+class ImageListLongTail(LongTailDataset):
+    """ImageNet-LT / Places-LT style: ``<PREFIX>_train.txt`` and ``<PREFIX>_test.txt`` under --data_path."""
+
+    LIST_PREFIX: str = ""
+    RESIDENT = False
+    INPUT_SHAPE = (3, 224, 224)
+    SCHEDULE = "cosine"
+    TRANSFORM = DeviceTransform(255.0, mean=IMAGENET_MEAN, std=IMAGENET_STD)  # decoding and cropping in workers
+
+    def input_shape(self, image_size: int) -> Tuple[int, ...]:
+        return (3, image_size, image_size)
+
+    def list_path(self, split: str) -> str:
+        return os.path.join(self.data_path, f"{self.LIST_PREFIX}_{split}.txt")
+
+    def load_files(self, image_size: int):
+        """(train Dataset, test Dataset, training-set class counts); images come out as uint8 tensors."""
+        from torchvision import transforms as T
+        train_tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.PILToTensor()])
+        test_tf = T.Compose([T.Resize(round(image_size * 256 / 224)), T.CenterCrop(image_size), T.PILToTensor()])
+        sets = []
+        for split, tf in (("train", train_tf), ("test", test_tf)):
+            path = self.list_path(split)
+            entries = read_split_list(path, self.NUM_CLASSES)
+            for rel, _, line in entries:
+                if not os.path.isfile(os.path.join(self.data_path, rel)):
+                    raise DataError(f"{path}, line {line}: image {os.path.join(self.data_path, rel)} does not exist")
+            sets.append(ImageListDataset(self.data_path, path, entries, tf))
+        counts = np.bincount(sets[0].targets, minlength=self.NUM_CLASSES).tolist()
+        return sets[0], sets[1], counts
+
+
+@register_lt_dataset("imagenet-lt")
+class ImageNetLongTail(ImageListLongTail):
+    LIST_PREFIX = "ImageNet_LT"
+    NUM_CLASSES = 1000
+    BACKBONE = "resnet50"
+
+
+@register_lt_dataset("places-lt")
+class PlacesLongTail(ImageListLongTail):
+    LIST_PREFIX = "Places_LT"
+    NUM_CLASSES = 365
+    BACKBONE = "resnet152"

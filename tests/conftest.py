@@ -1,0 +1,39 @@
+import os
+
+import numpy as np
+import pytest
+
+from datasets.utils.idx import MNIST_FILES, write_idx
+from utils.args import parse_args
+
+
+@pytest.fixture
+def make_args():
+    """parse_args on a list of flags (CPU by default)."""
+    def make(*flags):
+        flags = list(flags)
+        if "--device" not in flags:
+            flags += ["--device", "cpu"]
+        return parse_args(flags)
+    return make
+
+
+def write_mnist(root, n_train=200, n_test=100, gz=False, seed=0):
+    """Tiny MNIST in torchvision's layout: learnable class templates plus noise."""
+    rng = np.random.RandomState(seed)
+    raw = os.path.join(root, "MNIST", "raw")
+    os.makedirs(raw, exist_ok=True)
+    templates = rng.randint(0, 256, size=(10, 28, 28))
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = np.arange(n) % 10
+        images = np.clip(templates[labels] + rng.randint(-40, 41, size=(n, 28, 28)), 0, 255)
+        suffix = ".gz" if gz else ""
+        write_idx(os.path.join(raw, MNIST_FILES[split][0] + suffix), images.astype(np.uint8))
+        write_idx(os.path.join(raw, MNIST_FILES[split][1] + suffix), labels.astype(np.uint8))
+    return raw
+
+
+@pytest.fixture
+def mnist_dir(tmp_path):
+    write_mnist(str(tmp_path))
+    return str(tmp_path)

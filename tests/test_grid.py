@@ -1,0 +1,221 @@
+"""The local grid runner: expansion and commands, skip of finished runs, failures, and stop/restart
+(killed outright, or interrupted) without losing or repeating a run.
+
+The runs here are a tiny stand-in program named by the sweep's ``program`` key
+(as ``main_lt.py`` sweeps name theirs): it records each start in a ledger, waits
+a little, and writes its results file atomically like main.py does.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import yaml
+
+from utils.errors import UserError
+from utils.grid import main as grid_main, plan, render_command, results_name
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+PROGRAM = textwrap.dedent("""
+    import argparse, json, os, sys, time
+    p = argparse.ArgumentParser()
+    p.add_argument("--method"); p.add_argument("--seed", type=int); p.add_argument("--sleep", type=float)
+    p.add_argument("--fail", type=int, default=0); p.add_argument("--results_file")
+    p.add_argument("--checkpoint_dir"); p.add_argument("--resume", action="store_true")
+    a = p.parse_args()
+    if a.checkpoint_dir:  # stands for main.py's checkpoint: records that the run was resumed
+        os.makedirs(a.checkpoint_dir, exist_ok=True)
+        marker = os.path.join(a.checkpoint_dir, "attempts")
+        attempts = (open(marker).read() if os.path.exists(marker) else "") + "x"
+        open(marker, "w").write(attempts)
+    name = os.path.basename(a.results_file)
+    with open(os.environ["LEDGER"], "a") as f:
+        f.write(json.dumps({"event": "start", "name": name, "pid": os.getpid(), "t": time.time()}) + "\\n")
+    time.sleep(a.sleep)
+    if a.fail:
+        print("deliberate failure", a.method, a.seed); sys.exit(3)
+    tmp = a.results_file + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"args": vars(a), "accuracy": 50.0 + a.seed, "pid": os.getpid()}, f)
+    os.replace(tmp, a.results_file)
+    with open(os.environ["LEDGER"], "a") as f:
+        f.write(json.dumps({"event": "done", "name": name, "t": time.time()}) + "\\n")
+""")
+
+
+def make_sweep(tmp_path, seeds=(1, 2, 3), sleep=0.3, fail=(0,), command=None):
+    program = tmp_path / "fake_lt.py"
+    program.write_text(PROGRAM)
+    sweep = {"program": str(program), "method": "grid",
+             "parameters": {"method": {"values": ["a", "b"]}, "seed": {"values": list(seeds)},
+                            "sleep": {"value": sleep}, "fail": {"values": list(fail)},
+                            "results_dir": {"value": "ignored/by/the/runner"}}}
+    if command:
+        sweep["command"] = command
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return str(path)
+
+
+def ledger(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip().endswith("}")]
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("LEDGER", str(tmp_path / "ledger.jsonl"))
+    return tmp_path
+
+
+def results_in(directory):
+    return sorted(f for f in os.listdir(directory) if f.endswith(".json"))
+
+
+def test_results_name_is_canonical_and_ignores_operational_flags():
+    a = results_name({"seed": 1, "lr": 0.1, "load_best_args": True, "model": "er", "device": "cuda"})
+    b = results_name({"model": "er", "lr": "0.1", "seed": "1", "load_best_args": 1, "results_dir": "x"})
+    assert a == b == "load_best_args=1,lr=0.1,model=er,seed=1"
+    assert results_name({"lr": "1e-3"}) == results_name({"lr": 0.001})
+    assert results_name({"n": 5120.0}) == "n=5120"
+    odd = results_name({"name": "a/b c"})
+    assert "/" not in odd and " " not in odd and odd != results_name({"name": "a_b_c"})
+
+
+def test_render_command_matches_wandbs_own():
+    utils = pytest.importorskip("wandb.sdk.launch.sweeps.utils")
+    params = {"model": "er", "load_best_args": True, "compile": False, "lr": 0.1, "seed": 3}
+    theirs = utils.create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
+    for form in ("args", "args_no_equals", "args_no_hyphens", "args_no_boolean_flags"):
+        assert render_command(["${" + form + "}"], "p", params) == theirs[form], form
+
+
+def test_render_command_like_a_wandb_agent():
+    params = {"model": "er", "load_best_args": True, "compile": False, "lr": 0.1}
+    assert render_command(["${interpreter}", "${program}", "${args}"], "main.py", params, "py") == [
+        "py", "main.py", "--model=er", "--load_best_args=True", "--compile=False", "--lr=0.1"]
+    assert render_command(["${program}", "${args_no_boolean_flags}", "--x"], "p", params, "py") == [
+        "p", "--model=er", "--load_best_args", "--lr=0.1", "--x"]
+    with pytest.raises(UserError, match=r"unsupported sweep command macro \$\{args_json_file\}"):
+        render_command(["${args_json_file}"], "p", params)
+
+
+def test_plan_honours_program_and_places_results(env):
+    sweep = make_sweep(env, command=["${interpreter}", "${program}", "${args}"])
+    runs = plan(sweep, str(env / "R"))
+    assert len(runs) == 6 and [r.params["method"] for r in runs] == ["a"] * 3 + ["b"] * 3
+    first = runs[0]
+    assert first.argv[:2] == [sys.executable, str(env / "fake_lt.py")]
+    assert not any("results_dir" in a for a in first.argv)
+    assert first.argv[-1] == f"--results_file={first.results_file}"
+    assert first.results_file == str(env / "R" / "fail=0,method=a,seed=1,sleep=0.3.json")
+    assert first.label == "method=a seed=1"
+
+
+@pytest.mark.parametrize("text,message", [
+    ("method: random\nprogram: x.py\nparameters: {a: {value: 1}}", "runs 'method: grid' only"),
+    ("program: x.py\nparameters: {a: {min: 1, max: 2}}", "needs 'value' or a non-empty list"),
+    ("program: nowhere.py\nparameters: {a: {value: 1}}", "program 'nowhere.py'"),
+    ("parameters: {a: {value: 1}}", "missing key 'program'"),
+    ("program: [", "not valid YAML"),
+])
+def test_bad_sweep_files(tmp_path, monkeypatch, capsys, text, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.py").write_text("")
+    (tmp_path / "s.yaml").write_text(text)
+    assert grid_main(["s.yaml", "--results_dir", "R"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_runs_skips_finished_and_reports_failures(env, capsys):
+    sweep = make_sweep(env, seeds=(1, 2), sleep=0.0, fail=(0, 1))
+    out = env / "R"
+    out.mkdir()
+    finished = out / "fail=0,method=a,seed=1,sleep=0.json"
+    finished.write_text('{"kept": true}')
+    assert grid_main([sweep, "--results_dir", str(out), "--jobs", "2"]) == 1
+    printed = capsys.readouterr().out
+    assert "8 runs, 1 already done, 7 to run, 2 at a time" in printed
+    assert json.loads(finished.read_text()) == {"kept": True}
+    started = [e["name"] for e in ledger(env / "ledger.jsonl") if e["event"] == "start"]
+    assert len(started) == 7 and finished.name not in started
+    assert len(results_in(out)) == 4  # the four runs with fail=0
+    assert printed.count("FAILED (exit 3)") == 4 and "deliberate failure a 1" in printed
+    assert "4 run(s) failed" in printed
+    # A restart runs only the failed ones again.
+    assert grid_main([sweep, "--results_dir", str(out)]) == 1
+    assert "8 runs, 4 already done, 4 to run" in capsys.readouterr().out
+
+
+def test_killed_runner_restarts_without_losing_or_repeating_runs(env):
+    """SIGKILL the runner and its running children mid-grid (a machine going down), then restart."""
+    sweep = make_sweep(env, seeds=(1, 2, 3, 4), sleep=0.4)
+    out = env / "R"
+    command = [sys.executable, "-m", "utils.grid", sweep, "--results_dir", str(out), "--jobs", "2"]
+    runner = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while (not out.exists() or len(results_in(out)) < 3) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    runner.kill()
+    runner.wait()
+    for event in ledger(env / "ledger.jsonl"):
+        if event["event"] == "start":
+            try:
+                os.kill(event["pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    time.sleep(0.2)
+    done_before = set(results_in(out))
+    assert 3 <= len(done_before) < 8
+    starts_before = len(ledger(env / "ledger.jsonl"))
+    restarted = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    assert f"{len(done_before)} already done" in restarted.stdout
+    expected = sorted(r.results_file for r in plan(sweep, str(out)))
+    assert [str(out / f) for f in results_in(out)] == expected
+    rerun = [e["name"] for e in ledger(env / "ledger.jsonl")[starts_before:] if e["event"] == "start"]
+    assert not set(rerun) & done_before and len(rerun) == len(set(rerun)) == 8 - len(done_before)
+    for path in expected:
+        with open(path) as f:
+            assert json.load(f)["accuracy"] > 50
+
+
+def test_interrupted_runner_stops_its_runs(env):
+    sweep = make_sweep(env, seeds=(1, 2, 3), sleep=30.0)
+    out = env / "R"
+    runner = subprocess.Popen([sys.executable, "-m", "utils.grid", sweep, "--results_dir", str(out), "--jobs", "2"],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len([e for e in ledger(env / "ledger.jsonl") if e["event"] == "start"]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    runner.send_signal(signal.SIGINT)
+    stdout, _ = runner.communicate(timeout=30)
+    assert runner.returncode == 130
+    assert "interrupted: stopped 2 running run(s)" in stdout
+    for event in ledger(env / "ledger.jsonl"):
+        with pytest.raises(ProcessLookupError):
+            os.kill(event["pid"], 0)
+    assert results_in(out) == []
+
+
+def test_checkpoints_option_resumes_and_cleans_up(env, capsys):
+    sweep = make_sweep(env, seeds=(1,), sleep=0.0, fail=(0, 1))
+    out = env / "R"
+    assert grid_main([sweep, "--results_dir", str(out), "--checkpoints"]) == 1
+    runs = {r.params["fail"]: r for r in plan(sweep, str(out), checkpoints=True) if r.params["method"] == "a"}
+    assert runs[0].argv[-2:] == [f"--checkpoint_dir={runs[0].checkpoint_dir}", "--resume"]
+    assert os.path.exists(runs[0].results_file) and not os.path.exists(runs[0].checkpoint_dir)
+    failed = runs[1].checkpoint_dir  # kept for the next attempt, which resumes from it
+    assert open(os.path.join(failed, "attempts")).read() == "x"
+    assert grid_main([sweep, "--results_dir", str(out), "--checkpoints"]) == 1
+    assert open(os.path.join(failed, "attempts")).read() == "xx"
+    log = open(runs[1].log_file).read()
+    assert log.count("--resume") == 2  # the log keeps both attempts

@@ -1,0 +1,41 @@
+import pytest
+
+from utils.metrics import backward_transfer, final_average, forgetting, pad_rows
+
+A = [
+    [90.0, None, None],
+    [70.0, 80.0, None],
+    [60.0, 75.0, 95.0],
+]
+
+
+def test_final_average_is_mean_of_last_row():
+    assert final_average(A) == pytest.approx((60 + 75 + 95) / 3)
+
+
+def test_forgetting_uses_best_previous_accuracy():
+    # task 0: best 90 -> 60 = 30; task 1: best 80 -> 75 = 5
+    assert forgetting(A) == pytest.approx(17.5)
+    # best is not the diagonal: accuracy rose after learning, then fell
+    b = [[50.0, None, None], [70.0, 80.0, None], [40.0, 80.0, 90.0]]
+    assert forgetting(b) == pytest.approx(((70 - 40) + (80 - 80)) / 2)
+
+
+def test_backward_transfer_against_the_diagonal():
+    assert backward_transfer(A) == pytest.approx(((60 - 90) + (75 - 80)) / 2)
+    b = [[50.0, None], [60.0, 80.0]]
+    assert backward_transfer(b) == pytest.approx(10.0)
+
+
+def test_single_task_has_no_forgetting_or_bwt():
+    assert forgetting([[88.0]]) is None
+    assert backward_transfer([[88.0]]) is None
+
+
+def test_non_square_matrix_rejected():
+    with pytest.raises(ValueError, match="T x T"):
+        forgetting([[1.0, 2.0]])
+
+
+def test_pad_rows():
+    assert pad_rows([[1.0], [2.0, 3.0]], 3) == [[1.0, None, None], [2.0, 3.0, None]]

@@ -1,0 +1,186 @@
+"""wandb logging: what is logged (against a recording stand-in for the wandb module), that it is off when
+it should be, that no failure ever stops a run or changes its results, and real offline / not-logged-in wandb."""
+import json
+import math
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+
+import main
+from datasets import get_dataset_class
+from utils.args import parse_args
+from utils.wandb_logger import LOSS_EVERY, WandbLogger
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN = ["--dataset", "seq-digits", "--model", "er", "--classifier", "fno", "--masked_softmax", "1",
+       "--buffer_size", "50", "--load_best_args", "--n_epochs", "1", "--seed", "2", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny runs: one thread is faster, and far faster when other processes share the cores."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Recorder:
+    """A stand-in for the wandb module that records every call; ``fail`` names a call that raises."""
+
+    def __init__(self, fail=None, logged_in=True):
+        self.fail, self.logged_in = fail, logged_in
+        self.init_kwargs, self.logged, self.summary, self.finished = None, [], {}, []
+        self.module = types.SimpleNamespace(init=self.init, login=self.login)
+
+    def _maybe_fail(self, call):
+        if self.fail == call:
+            raise RuntimeError(f"simulated {call} failure")
+
+    def login(self, prompt, verify):
+        assert prompt is False
+        return self.logged_in
+
+    def init(self, **kwargs):
+        self._maybe_fail("init")
+        self.init_kwargs = kwargs
+        recorder = self
+
+        class Run:
+            id = "run123"
+            summary = recorder.summary
+
+            def define_metric(self, *args, **kwargs):
+                pass
+
+            def log(self, row):
+                recorder._maybe_fail("log")
+                recorder.logged.append(dict(row))
+
+            def finish(self, exit_code=0):
+                recorder.finished.append(exit_code)
+
+        return Run()
+
+
+@pytest.fixture
+def fake_wandb(monkeypatch):
+    def install(**kwargs):
+        recorder = Recorder(**kwargs)
+        monkeypatch.setitem(sys.modules, "wandb", recorder.module)
+        return recorder
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    return install
+
+
+def run_main(tmp_path, *flags):
+    out = tmp_path / f"r{len(os.listdir(tmp_path))}.json"
+    assert main.main(RUN + list(flags) + ["--results_file", str(out)]) == 0
+    with open(out) as f:
+        return json.load(f)
+
+
+def accuracies(results):
+    return {k: results[k] for k in ("class_il", "task_il", "acc_matrix_class_il", "acc_matrix_task_il")}
+
+
+def total_steps():
+    train, _ = get_dataset_class("seq-digits")("data").load_splits()
+    per_task = [int((train.y // 2 == t).sum()) for t in range(5)]
+    return sum(math.ceil(n / 10) for n in per_task)
+
+
+def test_logs_config_loss_tasks_and_final_metrics(fake_wandb, tmp_path, capsys, reference):
+    wandb = fake_wandb()
+    results = run_main(tmp_path, "--wandb_project", "proj", "--wandb_entity", "team", "--wandb_name", "digits")
+    kwargs = wandb.init_kwargs
+    assert (kwargs["project"], kwargs["entity"], kwargs["name"]) == ("proj", "team", "digits")
+    assert kwargs["config"] == results["args"]  # the full, resolved configuration
+    losses = [r for r in wandb.logged if "train/loss" in r]
+    assert [r["train/step"] for r in losses] == [LOSS_EVERY * (i + 1) for i in range(total_steps() // LOSS_EVERY)]
+    assert all(isinstance(r["train/loss"], float) and r["train/loss"] > 0 for r in losses)
+    tasks = [r for r in wandb.logged if "task" in r]
+    assert [r["task"] for r in tasks] == [1, 2, 3, 4, 5]
+    for t, row in enumerate(tasks):
+        seen = results["acc_matrix_class_il"][t][:t + 1]
+        assert [row[f"class_il/task_{j + 1}"] for j in range(t + 1)] == seen
+        assert row["class_il/mean"] == pytest.approx(sum(seen) / len(seen))
+        assert row["task_il/mean"] == pytest.approx(sum(results["acc_matrix_task_il"][t][:t + 1]) / (t + 1))
+    assert wandb.summary["class_il"] == results["class_il"] and wandb.summary["task_il"] == results["task_il"]
+    assert wandb.finished == [0]
+    assert "warning" not in capsys.readouterr().err
+    assert accuracies(results) == accuracies(reference)  # logging reads the loss but draws nothing
+
+
+@pytest.mark.parametrize("flags,env", [
+    (["--wandb_project", "p", "--nowand", "1"], {}),
+    (["--wandb_project", "p"], {"WANDB_MODE": "disabled"}),
+    ([], {}),                                    # no project anywhere: nothing to log to
+])
+def test_off_means_no_wandb_calls(fake_wandb, monkeypatch, tmp_path, flags, env):
+    wandb = fake_wandb()
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    run_main(tmp_path, *flags)
+    assert wandb.init_kwargs is None and wandb.logged == []
+
+
+def test_project_from_environment_as_agents_set_it(fake_wandb, monkeypatch, tmp_path):
+    wandb = fake_wandb()
+    monkeypatch.setenv("WANDB_PROJECT", "from-agent")
+    run_main(tmp_path)
+    assert wandb.init_kwargs is not None and wandb.finished == [0]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    return run_main(tmp_path_factory.mktemp("reference"), "--nowand", "1")
+
+
+@pytest.mark.parametrize("failure", ["init", "log", "import", "not logged in"])
+def test_failures_warn_once_and_change_nothing(fake_wandb, monkeypatch, tmp_path, capsys, failure, reference):
+    if failure == "import":
+        monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
+    else:
+        wandb = fake_wandb(fail=failure, logged_in=failure != "not logged in")
+    capsys.readouterr()
+    results = run_main(tmp_path, "--wandb_project", "p")
+    warnings = [l for l in capsys.readouterr().err.splitlines() if "wandb" in l]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: wandb ")
+    assert "training and the results file are unaffected" in warnings[0]
+    assert accuracies(results) == accuracies(reference)
+    if failure == "log":
+        assert wandb.finished == [1]  # the failed run is closed, nothing more is sent
+        assert len(wandb.logged) == 0
+
+
+def test_real_wandb_not_logged_in_never_prompts(monkeypatch, tmp_path, capsys):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    logger = WandbLogger(parse_args(RUN + ["--wandb_project", "p"]))
+    assert not logger.active
+    assert "not logged in" in capsys.readouterr().err
+
+
+def test_real_wandb_offline_run(tmp_path):
+    """A whole run with the real wandb in offline mode, in its own process (wandb wraps the console)."""
+    pytest.importorskip("wandb")
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_DIR=str(tmp_path), WANDB_SILENT="true", OMP_NUM_THREADS="1")
+    out = tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, "main.py"] + RUN + ["--wandb_project", "p", "--results_file", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: wandb" not in proc.stderr
+    runs = [d for d in os.listdir(tmp_path / "wandb") if d.startswith("offline-run-")]
+    assert len(runs) == 1
+    assert any(f.endswith(".wandb") for f in os.listdir(tmp_path / "wandb" / runs[0]))
+    assert json.loads(out.read_text())["class_il"] > 20

@@ -1,0 +1,328 @@
+"""Run a wandb grid sweep file locally: ``python -m utils.grid SWEEP.yaml --results_dir DIR [--jobs N]``.
+
+The sweep file is the one ``wandb sweep`` reads (``program``, ``method: grid``,
+``parameters`` with ``value`` / ``values``, optional ``command``).  Every
+combination of the parameters is one run; its command is the one a wandb agent
+would build (``${args}`` renders ``--key=value``), run with this Python.
+
+A run's results file is ``DIR/<results_name(parameters)>.json``: the name is
+made from the run's parameters alone, so it is known before the run starts.
+The runner passes it with ``--results_file`` (every entry point of the project
+takes that flag) and skips a run whose file exists.  Results are written
+atomically at the very end of a run, so a run that was killed left no file and
+is simply run again: the runner can be stopped and restarted at any time, and
+each run ends up exactly once in DIR.  ``main.py --results_dir DIR`` names the
+file with the same function, which is how wandb agents fill the same directory.
+
+With ``--checkpoints`` each run also keeps a checkpoint in
+``DIR/checkpoints/<name>/`` (``--checkpoint_dir ... --resume``), so a restarted
+grid continues an interrupted run from its last completed task instead of from
+the start; the checkpoint is deleted once the run's results file is written.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+from utils.errors import UserError
+
+# Flags that say where things go or how they are logged, not what is computed: not part of a run's name.
+OPERATIONAL_FLAGS = frozenset({
+    "results_file", "results_dir", "checkpoint_dir", "resume", "data_path", "device",
+    "nowand", "wandb_project", "wandb_entity", "wandb_name",
+})
+DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
+MAX_NAME = 180
+POLL_S = 0.1
+
+
+def _canonical(value) -> str:
+    """One spelling per value, whether it comes from YAML (typed) or from argparse (typed from text)."""
+    if isinstance(value, str):
+        for kind in (int, float):
+            try:
+                return _canonical(kind(value))
+            except ValueError:
+                pass
+        return value
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def results_name(params: Dict[str, object]) -> str:
+    """The file name (without ``.json``) of the run with these parameters: ``key=value`` pairs sorted by key.
+
+    Operational flags (output places, device, logging) are left out.  Characters
+    unsafe in file names are replaced, and a short hash of the exact pairs is
+    appended when anything was replaced or shortened, so names stay unique.
+    """
+    pairs = ",".join(f"{k}={_canonical(v)}" for k, v in sorted(params.items())
+                     if k not in OPERATIONAL_FLAGS and v is not None)
+    name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", pairs)
+    if name != pairs or len(name) > MAX_NAME:
+        name = name[:MAX_NAME] + "," + hashlib.sha1(pairs.encode()).hexdigest()[:10]
+    return name or "defaults"
+
+
+@dataclass
+class GridRun:
+    params: Dict[str, object]
+    label: str          # the parameters that vary across the grid
+    results_file: str
+    log_file: str
+    argv: List[str]
+    checkpoint_dir: Optional[str] = None
+
+
+def load_sweep(path: str) -> dict:
+    import yaml
+    try:
+        with open(path) as f:
+            sweep = yaml.safe_load(f)
+    except OSError as exc:
+        raise UserError(f"cannot read sweep file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"sweep file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(sweep, dict):
+        raise UserError(f"sweep file {path} must be a mapping with 'program' and 'parameters'")
+    if sweep.get("method", "grid") != "grid":
+        raise UserError(f"{path}: method {sweep['method']!r} needs the wandb controller; "
+                        f"the local runner runs 'method: grid' only")
+    for key in ("program", "parameters"):
+        if key not in sweep:
+            raise UserError(f"{path}: missing key {key!r}")
+    if not isinstance(sweep["parameters"], dict) or not sweep["parameters"]:
+        raise UserError(f"{path}: 'parameters' must be a non-empty mapping")
+    return sweep
+
+
+def parameter_values(path: str, sweep: dict) -> Dict[str, list]:
+    """Each parameter's list of values, in file order."""
+    values = {}
+    for name, spec in sweep["parameters"].items():
+        if isinstance(spec, dict) and "value" in spec:
+            values[name] = [spec["value"]]
+        elif isinstance(spec, dict) and isinstance(spec.get("values"), list) and spec["values"]:
+            values[name] = list(spec["values"])
+        else:
+            raise UserError(f"{path}: parameter {name!r} needs 'value' or a non-empty list 'values' "
+                            f"for a grid (got {spec!r})")
+    return values
+
+
+def expand(sweep: dict, path: str = "sweep") -> List[Dict[str, object]]:
+    """All combinations of the parameter values; the last parameter varies fastest, as in wandb's grid."""
+    values = parameter_values(path, sweep)
+    return [dict(zip(values, combo)) for combo in itertools.product(*values.values())]
+
+
+def render_command(command: List[str], program: str, params: Dict[str, object],
+                   interpreter: str = sys.executable) -> List[str]:
+    """The argv a wandb agent would build from ``command``, with this Python as the interpreter."""
+    arg_forms = {
+        "args": [f"--{k}={v}" for k, v in params.items()],
+        "args_no_equals": [s for k, v in params.items() for s in (f"--{k}", str(v))],
+        "args_no_hyphens": [f"{k}={v}" for k, v in params.items()],
+        "args_no_boolean_flags": [f"--{k}" if v is True else f"--{k}={v}"
+                                  for k, v in params.items() if v is not False],
+    }
+    macros = {"env": ["/usr/bin/env"] if os.path.exists("/usr/bin/env") else [],
+              "interpreter": [interpreter], "program": [program], **arg_forms}
+    argv = []
+    for chunk in command:
+        chunk = str(chunk)
+        if chunk.startswith("${") and chunk.endswith("}"):
+            if chunk[2:-1] not in macros:
+                raise UserError(f"unsupported sweep command macro {chunk}; supported: "
+                                + ", ".join("${" + m + "}" for m in macros))
+            argv += macros[chunk[2:-1]]
+        else:
+            argv.append(chunk)
+    return argv
+
+
+def plan(sweep_path: str, results_dir: str, interpreter: str = sys.executable,
+         checkpoints: bool = False) -> List[GridRun]:
+    """The runs of a sweep file, each with its command, results file, log file (and checkpoint directory)."""
+    sweep = load_sweep(sweep_path)
+    program = str(sweep["program"])
+    if not os.path.exists(program):
+        raise UserError(f"program {program!r} of {sweep_path} not found in {os.getcwd()} "
+                        f"(run the grid from the directory wandb agents would run in: the repository root)")
+    combos = expand(sweep, sweep_path)
+    varying = [k for k in combos[0] if len({_canonical(c[k]) for c in combos}) > 1]
+    runs, seen = [], set()
+    for params in combos:
+        params = {k: v for k, v in params.items() if k != "results_dir"}  # the runner places results itself
+        name = results_name(params)
+        if name in seen:
+            raise UserError(f"{sweep_path}: two runs have the same parameters ({name})")
+        seen.add(name)
+        results_file = os.path.join(results_dir, name + ".json")
+        argv = render_command(sweep.get("command") or DEFAULT_COMMAND, program, params, interpreter)
+        argv.append(f"--results_file={results_file}")
+        checkpoint_dir = os.path.join(results_dir, "checkpoints", name) if checkpoints else None
+        if checkpoint_dir:
+            argv += [f"--checkpoint_dir={checkpoint_dir}", "--resume"]
+        runs.append(GridRun(params, " ".join(f"{k}={params[k]}" for k in varying) or name, results_file,
+                            os.path.join(results_dir, "logs", name + ".log"), argv, checkpoint_dir))
+    return runs
+
+
+def _headline(path: str) -> str:
+    """The run's headline numbers from its results file, for the progress line."""
+    import json
+    try:
+        with open(path) as f:
+            results = json.load(f)
+    except (OSError, ValueError):
+        return ""
+    shown = [(label, results.get(key)) for label, key in
+             (("Class-IL", "class_il"), ("Task-IL", "task_il"), ("acc", "accuracy"))]
+    return "  ".join(f"{label} {value:.2f}" for label, value in shown if isinstance(value, (int, float)))
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _log_tail(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def child_environment(jobs: int) -> dict:
+    """Unbuffered output for the logs; with several jobs, the CPU threads shared out unless set by the user."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if jobs > 1 and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    return env
+
+
+def run_grid(runs: List[GridRun], jobs: int = 1, out=None) -> int:
+    """Run the runs whose results file does not exist yet, ``jobs`` at a time; return the number that failed."""
+    out = out or sys.stdout
+    pending = [r for r in runs if not os.path.exists(r.results_file)]
+    total, done_before = len(runs), len(runs) - len(pending)
+    print(f"{total} runs, {done_before} already done, {len(pending)} to run, {jobs} at a time", file=out, flush=True)
+    env = child_environment(jobs)
+    running: Dict[subprocess.Popen, tuple] = {}
+    failed: List[str] = []
+    finished = 0
+    start = time.monotonic()
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                run = pending.pop(0)
+                os.makedirs(os.path.dirname(run.log_file), exist_ok=True)
+                log = open(run.log_file, "a" if run.checkpoint_dir else "w")
+                log.write(" ".join(run.argv) + "\n")
+                log.flush()
+                # Own session: a Ctrl-C reaches the runner only, which forwards it once (stop_children).
+                proc = subprocess.Popen(run.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        env=env, start_new_session=True)
+                running[proc] = (run, log, time.monotonic())
+                print(f"{'':>{2 * len(str(total)) + 3}} start {run.label}", file=out, flush=True)
+            exited = [p for p in running if p.poll() is not None]
+            if not exited:
+                time.sleep(POLL_S)
+                continue
+            for proc in exited:
+                run, log, began = running.pop(proc)
+                log.close()
+                finished += 1
+                took = time.monotonic() - began
+                if proc.returncode == 0 and os.path.exists(run.results_file):
+                    status = f"done  {run.label}  {took:.1f}s  {_headline(run.results_file)}"
+                    if run.checkpoint_dir:
+                        shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
+                else:
+                    why = (f"exit {proc.returncode}" if proc.returncode != 0
+                           else "exit 0 but no results file")
+                    failed.append(run.label)
+                    status = f"FAILED ({why}) {run.label}: {_log_tail(run.log_file)}  [log: {run.log_file}]"
+                elapsed = time.monotonic() - start
+                eta = elapsed / finished * (len(pending) + len(running))
+                print(f"[{done_before + finished:>{len(str(total))}}/{total}] {status}  "
+                      f"(elapsed {_clock(elapsed)}, left ~{_clock(eta)})", file=out, flush=True)
+    except KeyboardInterrupt:
+        stop_children(running)
+        print(f"interrupted: stopped {len(running)} running run(s); their results were not written. "
+              f"Rerun the same command to continue.", file=out, flush=True)
+        raise
+    if failed:
+        print(f"{len(failed)} run(s) failed (their logs are in {os.path.dirname(runs[0].log_file)}): "
+              + "; ".join(failed), file=out, flush=True)
+    else:
+        print(f"all {total} runs done", file=out, flush=True)
+    return len(failed)
+
+
+def stop_children(running: Dict[subprocess.Popen, tuple], grace_s: float = 10.0) -> None:
+    """Interrupt the running runs (they stop cleanly, saving a checkpoint when they keep one), then wait."""
+    for proc in running:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + grace_s
+    for proc, (run, log, _) in running.items():
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: Optional[list] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m utils.grid", description=__doc__.split("\n\n")[0])
+    p.add_argument("sweep", help="a wandb sweep file with method: grid (e.g. sweeps/seq-digits.yaml)")
+    p.add_argument("--results_dir", required=True, help="where the results files (and logs/) go")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
+    p.add_argument("--checkpoints", action="store_true",
+                   help="checkpoint each run after every task (under DIR/checkpoints) and resume interrupted runs "
+                        "from there on restart; the program must take --checkpoint_dir and --resume (main.py does)")
+    p.add_argument("--dry_run", action="store_true", help="print the commands of the runs still to do and exit")
+    args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error(f"--jobs must be at least 1, got {args.jobs}")
+    try:
+        runs = plan(args.sweep, args.results_dir, checkpoints=args.checkpoints)
+    except UserError as exc:
+        print(f"utils.grid: error: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        for run in runs:
+            if not os.path.exists(run.results_file):
+                print(" ".join(run.argv))
+        return 0
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return 1 if run_grid(runs, args.jobs) else 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Weights & Biases logging that can never stop a run.
+
+Logging is on when a project is known (``--wandb_project`` or the
+``WANDB_PROJECT`` variable that wandb agents set) and neither ``--nowand 1``
+nor ``WANDB_MODE=disabled`` turns it off; ``WANDB_MODE=offline`` writes the run
+to disk for a later ``wandb sync``.  wandb is imported only then.  Any failure
+(wandb missing, not logged in, no network, a service error) prints one warning
+and turns logging off for the rest of the run; training and the results file
+are unaffected.
+
+Logged: the full config; the training loss every ``loss_every`` optimizer
+steps (reading it waits for the device, so never at every step); after every
+task the per-task and mean Class-IL and Task-IL accuracies; at the end the
+final metrics in the run summary.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional
+
+LOSS_EVERY = 50
+
+
+def wandb_wanted(args) -> bool:
+    return (not args.nowand and os.environ.get("WANDB_MODE", "").lower() != "disabled"
+            and bool(args.wandb_project or os.environ.get("WANDB_PROJECT")))
+
+
+class WandbLogger:
+    """Logs one run; inactive (every method a no-op) when logging is off or has failed."""
+
+    def __init__(self, args, saved: Optional[dict] = None, loss_every: int = LOSS_EVERY, stream=None):
+        saved = saved or {}
+        self.loss_every = loss_every
+        self.stream = stream  # None: sys.stderr as it is when a warning is printed
+        self.step = int(saved.get("step", 0))   # optimizer steps over the whole run, kept across resumes
+        self.run_id = saved.get("run_id")
+        self.run = None
+        if wandb_wanted(args):
+            self._guard("start", lambda: self._start(args))
+
+    @property
+    def active(self) -> bool:
+        return self.run is not None
+
+    def state(self) -> dict:
+        """What a checkpoint keeps so that a resumed run continues the same wandb run and step count."""
+        return {"step": self.step, "run_id": self.run_id}
+
+    def _guard(self, what: str, action) -> None:
+        """Run a wandb call; on failure warn once, close the run if possible and stop logging."""
+        try:
+            action()
+        except Exception as exc:
+            run, self.run = self.run, None
+            self._warn(what, exc)
+            if run is not None:
+                try:
+                    run.finish(exit_code=1)
+                except Exception:
+                    pass
+
+    def _warn(self, what: str, exc: Exception) -> None:
+        print(f"warning: wandb {what} failed ({type(exc).__name__}: {exc}); wandb logging is off for the "
+              f"rest of this run, training and the results file are unaffected", file=self.stream or sys.stderr, flush=True)
+
+    def _start(self, args) -> None:
+        import wandb
+        offline = os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun")
+        if not offline and not _has_credentials(wandb):
+            raise RuntimeError("not logged in (run `wandb login`, set WANDB_API_KEY, or WANDB_MODE=offline)")
+        # Agents choose the run id themselves (WANDB_RUN_ID); otherwise a resumed run continues its own.
+        resume_id = self.run_id if self.run_id and "WANDB_RUN_ID" not in os.environ else None
+        self.run = wandb.init(project=args.wandb_project, entity=args.wandb_entity, name=args.wandb_name,
+                              config=dict(vars(args)), id=resume_id, resume="allow" if resume_id else None)
+        self.run_id = self.run.id
+        self.run.define_metric("train/step")
+        self.run.define_metric("train/*", step_metric="train/step")
+        self.run.define_metric("task")
+        for prefix in ("class_il", "task_il", "collapse"):
+            self.run.define_metric(f"{prefix}/*", step_metric="task")
+
+    def train_step(self, loss) -> None:
+        """Count one optimizer step; every ``loss_every`` steps log the loss (the only device sync here)."""
+        self.step += 1
+        if self.run is not None and self.step % self.loss_every == 0:
+            self._guard("log", lambda: self.run.log({"train/loss": float(loss), "train/step": self.step}))
+
+    def task_done(self, task: int, class_il: list, task_il: list, collapse: Optional[dict] = None) -> None:
+        """Per-task and mean accuracies after training task ``task`` (0-based), and the
+        neural-collapse metrics (under ``collapse/``) when they were computed."""
+        if self.run is None:
+            return
+        row = {"task": task + 1, "class_il/mean": sum(class_il) / len(class_il),
+               "task_il/mean": sum(task_il) / len(task_il)}
+        for j, (c, t) in enumerate(zip(class_il, task_il)):
+            row[f"class_il/task_{j + 1}"] = c
+            row[f"task_il/task_{j + 1}"] = t
+        for name, value in (collapse or {}).items():
+            row[f"collapse/{name}"] = value
+        self._guard("log", lambda: self.run.log(row))
+
+    def finish(self, results: Optional[dict] = None, exit_code: int = 0) -> None:
+        """Final metrics into the run summary (when given), then close the run."""
+        if self.run is None:
+            return
+        if results is not None:
+            final = {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            self._guard("summary", lambda: self.run.summary.update(final))
+        if self.run is not None:
+            run, self.run = self.run, None
+            try:
+                run.finish(exit_code=exit_code)
+            except Exception as exc:
+                self._warn("finish", exc)
+
+
+def _has_credentials(wandb) -> bool:
+    """Whether wandb is logged in, asked without an interactive prompt (which would block a run).
+
+    Versions of wandb without ``login(prompt=...)`` are assumed logged in; a
+    missing login then fails in ``wandb.init`` and is reported like any failure.
+    """
+    try:
+        return bool(wandb.login(prompt=False, verify=False))
+    except TypeError:
+        return True
