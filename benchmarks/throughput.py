@@ -135,6 +135,8 @@ def measure(opts, dataset: str, model: str, head: str, splits) -> dict:
     train_stage(run, 1, first_steps(1, opts.steps), quiet)   # returns a float: waits for the device
     sync(device)
     train_s = time.perf_counter() - start
+    if opts.profile:
+        profile_steps(run, first_steps(1, opts.profile), device)
 
     n_eval = len(run.test.y) if opts.eval_images is None else min(opts.eval_images, len(run.test.y))
     run.test = Split(run.test.x[:n_eval], run.test.y[:n_eval])
@@ -154,6 +156,27 @@ def measure(opts, dataset: str, model: str, head: str, splits) -> dict:
         row["reserved_mib"] = torch.cuda.max_memory_reserved(device) / 2**20
     del run
     return row
+
+
+def profile_steps(run, indices, device: torch.device, rows: int = 15) -> None:
+    """Profile a few more training steps: the top operators by device (CPU: host) time, and how busy
+    the device was over the wall time (low = the host cannot launch kernels fast enough)."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    sync(device)
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        train_stage(run, 1, indices, ProgressBar(enabled=False))
+        sync(device)
+    wall_us = 1e6 * (time.perf_counter() - start)
+    events = prof.key_averages()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    print(events.table(sort_by=key, row_limit=rows), flush=True)
+    if cuda:
+        busy = sum(e.self_device_time_total for e in events)
+        print(f"device busy {busy / 1e3:.1f} ms of {wall_us / 1e3:.1f} ms wall ({100 * busy / wall_us:.0f}%; "
+              f"the rest is host overhead and launch gaps, profiler overhead included)", flush=True)
 
 
 COLUMNS = [  # title, width; text columns are left-aligned, numbers right-aligned
@@ -229,6 +252,8 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=50, help="untimed steps before (default 50)")
     p.add_argument("--eval_images", type=int, default=None, help="test images to evaluate (default: all)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", type=int, default=0,
+                   help="after timing, profile this many more steps and print the top operators")
     p.add_argument("--protocol", action="store_true", help="run the full seq-cifar10 ER protocol instead")
     p.add_argument("--protocol_epochs", type=int, default=50, help="epochs per task of --protocol (default 50)")
     p.add_argument("--protocol_train_per_class", type=int, default=5000,
