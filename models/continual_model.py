@@ -76,9 +76,17 @@ class ContinualModel(nn.Module):
         """One optimisation step on a stream batch; return the loss as a detached tensor (no sync)."""
         raise NotImplementedError
 
-    def step(self, loss: torch.Tensor) -> torch.Tensor:
-        """Backpropagate ``loss`` and apply one optimizer step."""
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return loss.detach()
+    def backward(self, compute_loss: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Compute one loss term (forward pass and loss, under autocast) and backpropagate it at once.
+
+        Backpropagating each term right after its forward pass frees that pass's
+        activations before the next pass starts, so a method with several
+        forward passes (ER: 2, DER++: 3) holds one pass's activations at a time;
+        the gradients add up to those of the summed loss.  Returns the term, detached.
+        Call ``self.opt.zero_grad(set_to_none=True)`` before the first term and
+        ``self.opt.step()`` after the last.
+        """
+        with self.autocast():
+            term = compute_loss()
+        term.backward()
+        return term.detach()

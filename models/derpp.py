@@ -28,16 +28,16 @@ class DERpp(ContinualModel):
 
     def observe(self, inputs, labels, not_aug_inputs):
         augment, mb = self.setting.augment, self.args.minibatch_size
-        with self.autocast():
-            loss = self.stream_loss(self.net(inputs), labels)
-            if not self.buffer.is_empty():
-                buf_x, buf_logits = self.buffer.sample(mb, "examples", "logits")
-                loss = loss + self.args.alpha * F.mse_loss(self.net(augment(buf_x)), buf_logits)
-                beta = self.replay_label_weight()
-                if beta:
-                    buf_x, buf_y = self.buffer.sample(mb, "examples", "labels")
-                    loss = loss + beta * F.cross_entropy(self.net(augment(buf_x)), buf_y)
-        loss = self.step(loss)
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.backward(lambda: self.stream_loss(self.net(inputs), labels))
+        if not self.buffer.is_empty():
+            buf_x, buf_logits = self.buffer.sample(mb, "examples", "logits")
+            loss = loss + self.backward(lambda: self.args.alpha * F.mse_loss(self.net(augment(buf_x)), buf_logits))
+            beta = self.replay_label_weight()
+            if beta:
+                buf_x, buf_y = self.buffer.sample(mb, "examples", "labels")
+                loss = loss + self.backward(lambda: beta * F.cross_entropy(self.net(augment(buf_x)), buf_y))
+        self.opt.step()
         with torch.no_grad(), self.autocast():
             logits = self.net(inputs).float()
         self.buffer.add(examples=not_aug_inputs, labels=labels, logits=logits)

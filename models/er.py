@@ -22,11 +22,11 @@ class ER(ContinualModel):
     }
 
     def observe(self, inputs, labels, not_aug_inputs):
-        with self.autocast():
-            loss = self.stream_loss(self.net(inputs), labels)
-            if not self.buffer.is_empty():
-                buf_x, buf_y = self.buffer.sample(self.args.minibatch_size, "examples", "labels")
-                loss = loss + F.cross_entropy(self.net(self.setting.augment(buf_x)), buf_y)
-        loss = self.step(loss)
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.backward(lambda: self.stream_loss(self.net(inputs), labels))
+        if not self.buffer.is_empty():
+            buf_x, buf_y = self.buffer.sample(self.args.minibatch_size, "examples", "labels")
+            loss = loss + self.backward(lambda: F.cross_entropy(self.net(self.setting.augment(buf_x)), buf_y))
+        self.opt.step()
         self.buffer.add(examples=not_aug_inputs, labels=labels)
         return loss

@@ -7,6 +7,7 @@ class Sgd(ContinualModel):
     """Fine-tuning on the stream alone: the lower bound."""
 
     def observe(self, inputs, labels, not_aug_inputs):
-        with self.autocast():
-            loss = self.stream_loss(self.net(inputs), labels)
-        return self.step(loss)
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.backward(lambda: self.stream_loss(self.net(inputs), labels))
+        self.opt.step()
+        return loss

@@ -25,10 +25,13 @@ from utils.wandb_logger import WandbLogger
 EVAL_BATCH = 1024  # test images per forward pass at 32x32 pixels
 
 
+EVAL_PIXELS = 2 ** 18  # images x pixels per evaluation batch: 256 at 32x32, 64 at 64x64
+
+
 def eval_batch_size(input_shape) -> int:
-    """``EVAL_BATCH`` scaled by the input's pixel count, so that evaluation activations stay about
-    the same size (and within the host-memory budget on CPUs) for 64x64 TinyImageNet."""
-    return max(1, EVAL_BATCH * 32 * 32 // math.prod(input_shape[1:]))
+    """At most ``EVAL_BATCH`` images, and at most ``EVAL_PIXELS`` pixels per batch, so that evaluation
+    activations stay the size of a training step's (the CPU host-memory budget on TinyImageNet)."""
+    return max(1, min(EVAL_BATCH, EVAL_PIXELS // math.prod(input_shape[1:])))
 
 
 @dataclass
@@ -92,20 +95,18 @@ def evaluate(run: Run, n_seen_tasks: int):
     model.eval()
     n_tasks = n_seen_tasks
     test_task = run.task_of_class[test.y]
+    seen = torch.nonzero(test_task < n_tasks).flatten()  # unseen tasks' samples are not evaluated at all
     hits_cil = torch.zeros(n_tasks, device=test.y.device)
     hits_til = torch.zeros(n_tasks, device=test.y.device)
-    counts = torch.bincount(test_task, minlength=dataset.N_TASKS)[:n_tasks].float()
-    batch = eval_batch_size(dataset.INPUT_SHAPE)
-    for start in range(0, len(test.y), batch):
-        x, y, t = (v[start:start + batch] for v in (test.x, test.y, test_task))
+    counts = torch.bincount(test_task[seen], minlength=n_tasks).float()
+    for idx in seen.split(eval_batch_size(dataset.INPUT_SHAPE)):
+        x, y, t = test.x[idx], test.y[idx], test_task[idx]
         with model.autocast():
             logits = model(dataset.TRANSFORM.test(x)).float()
-        seen = t < n_tasks
-        cil = (logits.argmax(1) == y) & seen
-        til = (mask_other_tasks(logits, y, run.task_of_class).argmax(1) == y) & seen
-        tt = t.clamp(max=n_tasks - 1)
-        hits_cil += torch.bincount(tt, weights=cil.float(), minlength=n_tasks)
-        hits_til += torch.bincount(tt, weights=til.float(), minlength=n_tasks)
+        cil = logits.argmax(1) == y
+        til = mask_other_tasks(logits, y, run.task_of_class).argmax(1) == y
+        hits_cil += torch.bincount(t, weights=cil.float(), minlength=n_tasks)
+        hits_til += torch.bincount(t, weights=til.float(), minlength=n_tasks)
     model.train(was_training)
     return (100 * hits_cil / counts).tolist(), (100 * hits_til / counts).tolist()
 
