@@ -7,6 +7,17 @@ from datasets.utils.idx import MNIST_FILES, write_idx
 from utils.args import parse_args
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Every test's networks are tiny: one torch thread is faster, and far faster when other
+    processes share the (two) cores, as in CI."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def make_args():
     """parse_args on a list of flags (CPU by default)."""

@@ -25,16 +25,6 @@ N_PER_CLASS = 120  # ratio 100 on 10 classes: 120, 71, 42, 25, 15, 8, 5, 2, 1, 1
 TINY = ["--width", "4", "--batch_size", "32", "--n_epochs", "1", "--device", "cpu", "--seed", "3"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions gain nothing from two threads, and spinning OpenMP threads on a shared
-    2-core machine make these tests up to 8x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def gen(seed=0):
     g = torch.Generator()
     g.manual_seed(seed)

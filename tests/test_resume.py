@@ -64,14 +64,6 @@ def results_without_timing(path):
     return results
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory):
     """Start every interruption scenario at once (they are independent subprocesses)."""

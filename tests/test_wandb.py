@@ -19,16 +19,6 @@ RUN = ["--dataset", "seq-digits", "--model", "er", "--classifier", "fno", "--mas
        "--buffer_size", "50", "--load_best_args", "--n_epochs", "1", "--seed", "2", "--device", "cpu"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny runs: one thread is faster, and far faster when other processes share the cores."""
-    import torch
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Recorder:
     """A stand-in for the wandb module that records every call; ``fail`` names a call that raises."""
 
