@@ -114,6 +114,10 @@ def results_dir(tmp_path):
         write(tmp_path / "lt" / f"{method}{seed}.json",
               {"setting": "long-tail", "accuracy": acc, "many_acc": acc + 10, "medium_acc": acc, "few_acc": acc - 20,
                "args": {"method": method, "dataset": "cifar10-lt", "imbalance_ratio": ratio, "seed": seed}})
+    # a split without any "many" class: main_lt writes null for that group, which is not an error
+    write(tmp_path / "lt" / "ce1.json",
+          {"setting": "long-tail", "accuracy": 50.0, "many_acc": None, "medium_acc": 60.0, "few_acc": 40.0,
+           "args": {"method": "ce", "dataset": "cifar10-lt", "imbalance_ratio": 100, "seed": 1}})
     return tmp_path
 
 
@@ -146,6 +150,8 @@ def test_summary_values_deltas_and_bad_files(results_dir, capsys):
     lt = stats[stats["setting"] == "long-tail"].set_index(["row", "metric"])
     assert lt.loc[("arc-mixup", "Acc"), "mean"] == 83.0 and lt.loc[("arc-mixup", "Few"), "mean"] == 63.0
     assert lt.loc[("mixup", "Acc"), "n"] == 1
+    assert lt.loc[("ce", "Acc"), "mean"] == 50.0 and ("ce", "Many") not in lt.index  # null group: no cell
+    assert "ce1.json" not in printed
     # The printed and Markdown tables show the cells as mean ± std (n) and the delta with its CI and p.
     assert "80.25 ± 1.71 (4)" in printed and "+2.62 [+1.43, +3.82] p=0.006 (4)" in printed
     markdown = (results_dir / "summary.md").read_text()

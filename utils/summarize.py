@@ -134,8 +134,11 @@ class BadResults(ValueError):
     """Why a file is left out."""
 
 
-def _number(results: dict, key: str, where: str = "") -> float:
+def _number(results: dict, key: str, where: str = "", optional: bool = False) -> float:
+    """A finite number; with ``optional`` an explicit null (e.g. an empty few-shot group) is NaN."""
     value = results.get(key)
+    if optional and key in results and value is None:
+        return math.nan
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise BadResults(f"field {where}{key!r} is missing or not a finite number ({value!r})")
     return float(value)
@@ -172,7 +175,8 @@ def read_record(path: str) -> Tuple[str, dict]:
     record = {"path": path, "seed": _field(args, "seed"), "dataset": _field(args, "dataset"), "identity": identity}
     if results.get("setting") == "long-tail":
         record.update(method=_field(args, "method"), imbalance_ratio=_field(args, "imbalance_ratio"))
-        record.update({label: _number(results, key) for label, key in LT_METRICS.items()})
+        # many/medium/few are null when the split has no class in that group
+        record.update({label: _number(results, key, optional=key != "accuracy") for label, key in LT_METRICS.items()})
         return "long-tail", record
     record.update(method=str(_field(args, "model")) + ("+M" if args.get("masked_softmax") else ""),
                   classifier=str(_field(args, "classifier")), buffer=_field(args, "buffer_size"),
@@ -286,7 +290,7 @@ def cl_tables(stats: pd.DataFrame) -> Dict[str, pd.DataFrame]:
 def lt_table(frame: pd.DataFrame) -> Tuple[pd.DataFrame, pd.DataFrame]:
     """Long-tail runs: the numeric statistics and the display table (rows method, columns dataset/ratio/metric)."""
     long = frame.melt(id_vars=["dataset", "imbalance_ratio", "method", "seed"], value_vars=list(LT_METRICS),
-                      var_name="metric", value_name="value")
+                      var_name="metric", value_name="value").dropna(subset=["value"])
     stats = (long.groupby(["dataset", "imbalance_ratio", "method", "metric"], sort=True)["value"]
              .agg(mean="mean", std=lambda v: v.std(ddof=1), n="size").reset_index())
     stats = stats.rename(columns={"method": "row"})
