@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-from utils.args import OneLineParser, _binary, _float, _non_negative_int, _positive
+from utils.cli import OneLineParser, binary, momentum, non_negative, non_negative_int, positive, seed
 from utils.errors import UserError
 
 DEFAULTS = {
@@ -37,37 +37,37 @@ def build_parser() -> OneLineParser:
     g.add_argument("--dataset", choices=lt_dataset_names(), help="benchmark (required)")
     g.add_argument("--method", choices=lt_method_names(), help="arm (required): ce, mixup (FC head), "
                    "etf-dr (fixed simplex ETF + dot regression), arc-mixup (fixed FNO head)")
-    g.add_argument("--imbalance_ratio", type=_positive(float),
+    g.add_argument("--imbalance_ratio", type=positive(float),
                    help="CIFAR-LT only: largest / smallest class size, e.g. 100, 50, 10 (default 100)")
     g.add_argument("--backbone", choices=backbone_names(), help="default: the dataset's (resnet32 for CIFAR-LT, "
                    "resnet50 for ImageNet-LT, resnet152 for Places-LT)")
-    g.add_argument("--width", type=_positive(int), help="resnet32 base channels (default 16 on CIFAR-10-LT: D=64; "
+    g.add_argument("--width", type=positive(int), help="resnet32 base channels (default 16 on CIFAR-10-LT: D=64; "
                    "32 on CIFAR-100-LT: D=128)")
     h = p.add_argument_group("hyper-parameters")
-    h.add_argument("--n_epochs", type=_positive(int), help="epochs (default 200)")
-    h.add_argument("--batch_size", type=_positive(int), help="global batch size (default 128)")
-    h.add_argument("--lr", type=_positive(float), help="peak learning rate (default 0.1)")
-    h.add_argument("--momentum", type=_float, help="SGD momentum (default 0.9)")
-    h.add_argument("--weight_decay", type=_float, help="weight decay (default 2e-4)")
-    h.add_argument("--warmup_epochs", type=_non_negative_int, help="linear warm-up epochs (default 5)")
+    h.add_argument("--n_epochs", type=positive(int), help="epochs (default 200)")
+    h.add_argument("--batch_size", type=positive(int), help="global batch size (default 128)")
+    h.add_argument("--lr", type=positive(float), help="peak learning rate (default 0.1)")
+    h.add_argument("--momentum", type=momentum, help="SGD momentum (default 0.9)")
+    h.add_argument("--weight_decay", type=non_negative(float), help="weight decay (default 2e-4)")
+    h.add_argument("--warmup_epochs", type=non_negative_int, help="linear warm-up epochs (default 5)")
     h.add_argument("--schedule", choices=("step", "cosine"),
                    help="after the warm-up: step (x lr_decay at each milestone) or cosine; default: the dataset's")
-    h.add_argument("--lr_milestones", type=_non_negative_int, nargs="+", help="step epochs (default 160 180)")
-    h.add_argument("--lr_decay", type=_positive(float), help="step factor (default 0.1)")
-    h.add_argument("--mixup_alpha", type=_positive(float), help="Beta(alpha, alpha) of mixup / arc-mixup (default 1)")
+    h.add_argument("--lr_milestones", type=non_negative_int, nargs="+", help="step epochs (default 160 180)")
+    h.add_argument("--lr_decay", type=positive(float), help="step factor (default 0.1)")
+    h.add_argument("--mixup_alpha", type=positive(float), help="Beta(alpha, alpha) of mixup / arc-mixup (default 1)")
     r = p.add_argument_group("run")
-    r.add_argument("--seed", type=int, help="seed of every random stream (default 0)")
+    r.add_argument("--seed", type=seed, help="seed of every random stream (default 0)")
     r.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     r.add_argument("--data_path", help="where the dataset lives (default ./data)")
     r.add_argument("--results_file", help="write the results here as JSON (atomically)")
-    r.add_argument("--eval_every", type=_non_negative_int,
+    r.add_argument("--eval_every", type=non_negative_int,
                    help="also print test accuracy every N epochs, for monitoring only (default 0: final only)")
-    r.add_argument("--image_size", type=_positive(int), help="ImageNet-LT / Places-LT crop size (default 224)")
-    r.add_argument("--workers", type=_non_negative_int, help="DataLoader workers for ImageNet-LT / Places-LT "
+    r.add_argument("--image_size", type=positive(int), help="ImageNet-LT / Places-LT crop size (default 224)")
+    r.add_argument("--workers", type=non_negative_int, help="DataLoader workers for ImageNet-LT / Places-LT "
                    "(default min(8, CPUs))")
     s = p.add_argument_group("speed")
     s.add_argument("--amp", choices=("none", "bf16"), help="autocast precision (default none)")
-    s.add_argument("--channels_last", type=_binary, help="channels-last memory format (0|1, default 0)")
+    s.add_argument("--channels_last", type=binary, help="channels-last memory format (0|1, default 0)")
     return p
 
 

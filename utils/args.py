@@ -12,13 +12,13 @@ import argparse
 import os
 import sys
 
-import torch
-
 from backbone import backbone_names
 from backbone.heads import HEADS
 from datasets import dataset_names, get_dataset_class
 from models import get_model_class, model_aliases, model_names
 from utils.best_args import best_args
+from utils.cli import (OneLineParser, binary, non_negative, non_negative_int, positive, resolve_device,
+                       seed, switch)
 from utils.grid import results_name
 
 # `python main.py` with no arguments: masked-FNO ER on the embedded digits benchmark.
@@ -31,19 +31,6 @@ DEFAULTS = {
     "collapse_metrics": 0, "alpha": None, "beta": None, "results_file": None, "results_dir": None,
     "wandb_project": None, "wandb_entity": None, "wandb_name": None, "checkpoint_dir": None, "resume": False,
 }
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Errors are one line on stderr and exit code 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _binary(text: str) -> int:
-    if text not in ("0", "1"):
-        raise argparse.ArgumentTypeError(f"expected 0 or 1, got {text!r}")
-    return int(text)
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -60,45 +47,6 @@ def _compile_mode(text: str):
     return text
 
 
-def _switch(text: str) -> bool:
-    """A switch given bare (``--resume``) or with a value, as wandb agents pass it (``--resume=True``)."""
-    value = text.strip().lower()
-    if value in ("1", "true", "yes"):
-        return True
-    if value in ("0", "false", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected nothing, 1/0 or true/false, got {text!r}")
-
-
-def _positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"expected a positive value, got {text!r}")
-        return value
-    return parse
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
-
-
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-
-
 def build_parser() -> OneLineParser:
     aliases = model_aliases()
     p = OneLineParser(prog="main.py", description="Continual learning with FC or FNO classifiers. "
@@ -111,59 +59,42 @@ def build_parser() -> OneLineParser:
                        f"{a}={n}+{'/'.join(f'{k}={v}' for k, v in f.items())}" for a, (n, f) in sorted(aliases.items())))
     g.add_argument("--backbone", choices=backbone_names(), help="default: the dataset's")
     g.add_argument("--classifier", choices=HEADS, help="head: fc (learnable, bias) or fno (fixed non-negative orthogonal); default fc")
-    g.add_argument("--masked_softmax", type=_binary, help="mask the stream batch's logits to its own task (0|1, default 0)")
-    g.add_argument("--buffer_size", type=_non_negative_int, help="replay buffer size (required by rehearsal methods)")
-    g.add_argument("--load_best_args", type=_switch, nargs="?", const=True,
+    g.add_argument("--masked_softmax", type=binary, help="mask the stream batch's logits to its own task (0|1, default 0)")
+    g.add_argument("--buffer_size", type=non_negative_int, help="replay buffer size (required by rehearsal methods)")
+    g.add_argument("--load_best_args", type=switch, nargs="?", const=True,
                    help="use the paper's hyper-parameters for dataset/model/buffer; explicit flags win")
     h = p.add_argument_group("hyper-parameters")
-    h.add_argument("--lr", type=_positive(float), help="learning rate")
-    h.add_argument("--minibatch_size", type=_positive(int), help="replay batch size (default: --batch_size)")
-    h.add_argument("--batch_size", type=_positive(int), help="stream batch size (default: the dataset's)")
-    h.add_argument("--n_epochs", type=_positive(int), help="epochs per task (default: the dataset's)")
-    h.add_argument("--alpha", type=_float, help="DER/DER++ logit-replay weight")
-    h.add_argument("--beta", type=_float, help="DER++ label-replay weight")
+    h.add_argument("--lr", type=positive(float), help="learning rate")
+    h.add_argument("--minibatch_size", type=positive(int), help="replay batch size (default: --batch_size)")
+    h.add_argument("--batch_size", type=positive(int), help="stream batch size (default: the dataset's)")
+    h.add_argument("--n_epochs", type=positive(int), help="epochs per task (default: the dataset's)")
+    h.add_argument("--alpha", type=non_negative(float), help="DER/DER++ logit-replay weight")
+    h.add_argument("--beta", type=non_negative(float), help="DER++ label-replay weight")
     r = p.add_argument_group("run")
-    r.add_argument("--seed", type=int, help="seed of every random stream (default 0)")
+    r.add_argument("--seed", type=seed, help="seed of every random stream (default 0)")
     r.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     r.add_argument("--data_path", help="where datasets live / are downloaded (default ./data)")
     r.add_argument("--results_file", help="write the results here as JSON (atomically)")
     r.add_argument("--results_dir", help="write the results as JSON into this directory, the file named from "
                    "the flags given (as the grid runner names it; for wandb sweep agents)")
     r.add_argument("--checkpoint_dir", help="save a checkpoint here after every task (atomically)")
-    r.add_argument("--resume", type=_switch, nargs="?", const=True,
+    r.add_argument("--resume", type=switch, nargs="?", const=True,
                    help="continue from the last task saved in --checkpoint_dir (a fresh start when there is none)")
     w = p.add_argument_group("wandb (on when a project is given, by flag or WANDB_PROJECT)")
-    w.add_argument("--nowand", type=_binary, help="1 disables wandb logging")
+    w.add_argument("--nowand", type=binary, help="1 disables wandb logging")
     w.add_argument("--wandb_project", help="wandb project (default: $WANDB_PROJECT; none: no logging)")
     w.add_argument("--wandb_entity", help="wandb entity (user or team)")
     w.add_argument("--wandb_name", help="wandb run name (default: wandb's)")
-    r.add_argument("--collapse_metrics", type=_binary, help="1 computes neural-collapse metrics after each task")
+    r.add_argument("--collapse_metrics", type=binary, help="1 computes neural-collapse metrics after each task")
     s = p.add_argument_group("speed")
     s.add_argument("--amp", choices=("none", "bf16"), help="autocast precision (default none)")
-    s.add_argument("--channels_last", type=_binary, help="channels-last memory format for conv nets (0|1)")
+    s.add_argument("--channels_last", type=binary, help="channels-last memory format for conv nets (0|1)")
     s.add_argument("--compile", type=_compile_mode,
                    help="torch.compile the network: 0, 1 (default mode) or a mode name, e.g. reduce-overhead "
                         "(CUDA graphs on CUDA)")
-    s.add_argument("--num_threads", type=_positive(int),
+    s.add_argument("--num_threads", type=positive(int),
                    help="CPU threads for torch (default: the dataset's choice, else torch's)")
     return p
-
-
-def resolve_device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"invalid --device {name!r}; valid choices: cpu, cuda, cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"invalid --device {name!r}; valid choices: cpu, cuda, cuda:N")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name} requested but CUDA is not available; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
-    return device
 
 
 def parse_args(argv: list | None = None) -> argparse.Namespace:

@@ -163,7 +163,7 @@ class Processes:
 
 def start_processes(device_name: Optional[str]) -> Tuple[Processes, torch.device]:
     """Read torchrun's environment, pick this process's device and join the process group."""
-    from utils.args import resolve_device
+    from utils.cli import resolve_device
     procs = Processes(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
                       int(os.environ.get("LOCAL_RANK", 0)))
     try:

@@ -1,0 +1,101 @@
+"""Parser pieces shared by ``main.py`` and ``main_lt.py``: one-line errors and value types.
+
+Every type below rejects what it cannot represent exactly (NaN, infinities,
+values out of range) at parse time, so a bad flag fails before any training.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+
+INT64_MAX = 2 ** 63 - 1
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Errors are one line on stderr and exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def binary(text: str) -> int:
+    """0 or 1."""
+    if text not in ("0", "1"):
+        raise argparse.ArgumentTypeError(f"expected 0 or 1, got {text!r}")
+    return int(text)
+
+
+def switch(text: str) -> bool:
+    """A switch given bare (``--resume``) or with a value, as wandb agents pass it (``--resume=True``)."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected nothing, 1/0 or true/false, got {text!r}")
+
+
+def _number(kind, text: str):
+    try:
+        value = kind(text)
+    except (ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                         f"got {text[:40]!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text[:40]!r}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """Any finite real number (``nan``, ``inf`` and overflowing literals such as ``1e400`` are refused)."""
+    return _number(float, text)
+
+
+def bounded(kind, low=None, high=None, low_open: bool = False):
+    """A type for ``kind`` (int or float) within [low, high] (``low_open``: low itself excluded)."""
+    def parse(text: str):
+        value = _number(kind, text)
+        if low is not None and (value <= low if low_open else value < low):
+            what = "positive" if low == 0 and low_open else ("non-negative" if low == 0 else f">= {low}")
+            raise argparse.ArgumentTypeError(f"expected a {what} value, got {text[:40]!r}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"expected at most {high}, got {text[:40]!r}")
+        return value
+    return parse
+
+
+def positive(kind, high=None):
+    """A finite value > 0 of type ``kind`` (at most ``high`` when given)."""
+    return bounded(kind, 0, high, low_open=True)
+
+
+def non_negative(kind, high=None):
+    """A finite value >= 0 of type ``kind`` (at most ``high`` when given)."""
+    return bounded(kind, 0, high)
+
+
+non_negative_int = non_negative(int)
+seed = bounded(int, -INT64_MAX - 1, INT64_MAX)  # what torch.manual_seed accepts
+momentum = bounded(float, 0, 1)
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``None`` -> cuda when available, else cpu; otherwise a checked ``cpu``, ``cuda`` or ``cuda:N``."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"invalid --device {name!r}; valid choices: cpu, cuda, cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"invalid --device {name!r}; valid choices: cpu, cuda, cuda:N")
+    if device.type == "cpu" and device.index not in (None, 0):
+        raise ValueError(f"invalid --device {name!r}: there is one CPU device; use --device cpu")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name} requested but CUDA is not available; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return device
