@@ -7,6 +7,7 @@ a little, and writes its results file atomically like main.py does.
 """
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -22,29 +23,48 @@ from utils.grid import main as grid_main, plan, render_command, results_name
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PROGRAM = textwrap.dedent("""
-    import argparse, json, os, sys, time
+    import argparse, json, os, signal, sys, time
+    from utils.errors import UserError
+    from utils.runlock import run_lock
     p = argparse.ArgumentParser()
     p.add_argument("--method"); p.add_argument("--seed", type=int); p.add_argument("--sleep", type=float)
     p.add_argument("--fail", type=int, default=0); p.add_argument("--results_file")
     p.add_argument("--checkpoint_dir"); p.add_argument("--resume", action="store_true")
     a = p.parse_args()
-    if a.checkpoint_dir:  # stands for main.py's checkpoint: records that the run was resumed
-        os.makedirs(a.checkpoint_dir, exist_ok=True)
-        marker = os.path.join(a.checkpoint_dir, "attempts")
-        attempts = (open(marker).read() if os.path.exists(marker) else "") + "x"
-        open(marker, "w").write(attempts)
     name = os.path.basename(a.results_file)
-    with open(os.environ["LEDGER"], "a") as f:
-        f.write(json.dumps({"event": "start", "name": name, "pid": os.getpid(), "t": time.time()}) + "\\n")
-    time.sleep(a.sleep)
-    if a.fail:
-        print("deliberate failure", a.method, a.seed); sys.exit(3)
-    tmp = a.results_file + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"args": vars(a), "accuracy": 50.0 + a.seed, "pid": os.getpid()}, f)
-    os.replace(tmp, a.results_file)
-    with open(os.environ["LEDGER"], "a") as f:
-        f.write(json.dumps({"event": "done", "name": name, "t": time.time()}) + "\\n")
+
+    def record(event, **more):
+        with open(os.environ["LEDGER"], "a") as f:
+            f.write(json.dumps({"event": event, "name": name, "pid": os.getpid(), "t": time.time(), **more}) + "\\n")
+
+    def finish():
+        tmp = a.results_file + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"args": vars(a), "accuracy": 50.0 + a.seed, "pid": os.getpid()}, f)
+        os.replace(tmp, a.results_file)
+        record("done")
+
+    def stopped(signum, frame):  # like main.py: SIGTERM stops the run cleanly (exit 130)
+        record("stopped", signal=signum)
+        if str(a.seed) == os.environ.get("FINISH_ON_TERM"):  # a run that completes while being stopped
+            finish(); sys.exit(0)
+        sys.exit(130)
+
+    signal.signal(signal.SIGTERM, stopped)
+    try:
+        with run_lock(a.results_file, a.checkpoint_dir):
+            if a.checkpoint_dir:  # stands for main.py's checkpoint: records that the run was resumed
+                os.makedirs(a.checkpoint_dir, exist_ok=True)
+                marker = os.path.join(a.checkpoint_dir, "attempts")
+                attempts = (open(marker).read() if os.path.exists(marker) else "") + "x"
+                open(marker, "w").write(attempts)
+            record("start", sigint_ignored=signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+            time.sleep(float(os.environ.get("SLEEP", a.sleep)))
+            if a.fail:
+                print("deliberate failure", a.method, a.seed); sys.exit(3)
+            finish()
+    except UserError as exc:
+        print(f"fake_lt.py: error: {exc}"); sys.exit(2)
 """)
 
 
@@ -72,7 +92,35 @@ def ledger(path):
 @pytest.fixture
 def env(tmp_path, monkeypatch):
     monkeypatch.setenv("LEDGER", str(tmp_path / "ledger.jsonl"))
-    return tmp_path
+    monkeypatch.setenv("PYTHONPATH", ROOT)  # the stand-in program takes the run lock as main.py does
+    monkeypatch.delenv("SLEEP", raising=False)
+    monkeypatch.delenv("FINISH_ON_TERM", raising=False)
+    yield tmp_path
+    for event in events(tmp_path, "start"):  # a failed test leaves no run behind
+        if alive(event["pid"]):
+            os.kill(event["pid"], signal.SIGKILL)
+
+
+def events(tmp_path, kind):
+    return [e for e in ledger(tmp_path / "ledger.jsonl") if e["event"] == kind]
+
+
+def alive(pid):
+    """Whether the process exists and is not a zombie (an orphan's zombie waits for whoever reaps it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_for(condition, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def results_in(directory):
@@ -155,24 +203,20 @@ def test_runs_skips_finished_and_reports_failures(env, capsys):
     assert "8 runs, 4 already done, 4 to run" in capsys.readouterr().out
 
 
+def grid_command(sweep, out, *flags):
+    return [sys.executable, "-m", "utils.grid", sweep, "--results_dir", str(out), *flags]
+
+
 def test_killed_runner_restarts_without_losing_or_repeating_runs(env):
-    """SIGKILL the runner and its running children mid-grid (a machine going down), then restart."""
+    """SIGKILL the runner mid-grid (a machine going down, an OOM kill), then restart: its runs die with it."""
     sweep = make_sweep(env, seeds=(1, 2, 3, 4), sleep=0.4)
     out = env / "R"
-    command = [sys.executable, "-m", "utils.grid", sweep, "--results_dir", str(out), "--jobs", "2"]
+    command = grid_command(sweep, out, "--jobs", "2")
     runner = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while (not out.exists() or len(results_in(out)) < 3) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert wait_for(lambda: out.exists() and len(results_in(out)) >= 3)
     runner.kill()
     runner.wait()
-    for event in ledger(env / "ledger.jsonl"):
-        if event["event"] == "start":
-            try:
-                os.kill(event["pid"], signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    time.sleep(0.2)
+    assert wait_for(lambda: not any(alive(e["pid"]) for e in events(env, "start")), timeout=10)
     done_before = set(results_in(out))
     assert 3 <= len(done_before) < 8
     starts_before = len(ledger(env / "ledger.jsonl"))
@@ -183,27 +227,100 @@ def test_killed_runner_restarts_without_losing_or_repeating_runs(env):
     assert [str(out / f) for f in results_in(out)] == expected
     rerun = [e["name"] for e in ledger(env / "ledger.jsonl")[starts_before:] if e["event"] == "start"]
     assert not set(rerun) & done_before and len(rerun) == len(set(rerun)) == 8 - len(done_before)
+    done = [e["name"] for e in events(env, "done")]
+    assert sorted(done) == sorted(set(done)) == results_in(out)  # no run finished twice
     for path in expected:
         with open(path) as f:
             assert json.load(f)["accuracy"] > 50
 
 
+def test_runs_die_with_a_killed_runner_and_a_restart_resumes_them_once(env):
+    """The runs of a SIGKILLed runner get SIGTERM from the kernel (they stop cleanly, checkpoint kept)
+    instead of going on as orphans that a restarted runner would start a second time."""
+    sweep = make_sweep(env, seeds=(1,), sleep=60.0)
+    out = env / "R"
+    command = grid_command(sweep, out, "--jobs", "2", "--checkpoints")
+    runner = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert wait_for(lambda: len(events(env, "start")) == 2)
+    runner.kill()
+    runner.wait()
+    first = [e["pid"] for e in events(env, "start")]
+    assert wait_for(lambda: not any(alive(pid) for pid in first), timeout=10), "runs outlived the runner"
+    assert sorted(e["pid"] for e in events(env, "stopped")) == sorted(first)
+    assert all(e["signal"] == signal.SIGTERM for e in events(env, "stopped"))
+    restarted = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60,
+                               env=dict(os.environ, SLEEP="0"))
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    assert "all 2 runs done" in restarted.stdout
+    runs = plan(sweep, str(out), checkpoints=True)
+    assert results_in(out) == sorted(os.path.basename(r.results_file) for r in runs)
+    assert len(events(env, "start")) == 4 and len(events(env, "done")) == 2
+    for run in runs:
+        assert not os.path.exists(run.checkpoint_dir)  # resumed (2nd attempt), finished, cleaned up
+        assert not os.path.exists(run.results_file + ".lock")
+    assert os.listdir(out / "checkpoints") == []
+
+
 def test_interrupted_runner_stops_its_runs(env):
     sweep = make_sweep(env, seeds=(1, 2, 3), sleep=30.0)
     out = env / "R"
-    runner = subprocess.Popen([sys.executable, "-m", "utils.grid", sweep, "--results_dir", str(out), "--jobs", "2"],
+    runner = subprocess.Popen(grid_command(sweep, out, "--jobs", "2"),
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while len([e for e in ledger(env / "ledger.jsonl") if e["event"] == "start"]) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert wait_for(lambda: len(events(env, "start")) == 2)
     runner.send_signal(signal.SIGINT)
     stdout, _ = runner.communicate(timeout=30)
     assert runner.returncode == 130
     assert "interrupted: stopped 2 running run(s)" in stdout
+    assert stdout.count("interrupted, nothing written: the next start runs it from the beginning") == 2
     for event in ledger(env / "ledger.jsonl"):
-        with pytest.raises(ProcessLookupError):
-            os.kill(event["pid"], 0)
+        assert not alive(event["pid"])
+    assert len(events(env, "stopped")) == 2  # told to stop (SIGTERM), not killed
     assert results_in(out) == []
+
+
+def test_background_runner_stopped_with_sigterm_reports_what_each_run_left(env):
+    """Started with ``&`` from a script, the runner and its runs ignore SIGINT: they are stopped with SIGTERM.
+    One run completes while stopping, one keeps its checkpoint; the report says which."""
+    sweep = make_sweep(env, seeds=(1, 2), sleep=60.0)
+    out = env / "R"
+    report = env / "runner.out"
+    script = " ".join(map(shlex.quote, grid_command(sweep, out, "--jobs", "2", "--checkpoints")))
+    shell = subprocess.Popen(["sh", "-c", f"{script} >{shlex.quote(str(report))} 2>&1 & echo $!; wait $!"],
+                             cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                             env=dict(os.environ, FINISH_ON_TERM="1"))
+    runner_pid = int(shell.stdout.readline())
+    assert wait_for(lambda: len(events(env, "start")) == 2)
+    assert all(e["sigint_ignored"] for e in events(env, "start"))  # what a background job inherits
+    os.kill(runner_pid, signal.SIGTERM)
+    shell.communicate(timeout=30)
+    printed = report.read_text()
+    assert "interrupted: stopped 2 running run(s)" in printed, printed
+    runs = {r.params["seed"]: r for r in plan(sweep, str(out), checkpoints=True) if r.params["method"] == "a"}
+    assert f"{runs[1].label}: finished while stopping, results written ({runs[1].results_file})" in printed
+    assert (f"{runs[2].label}: interrupted, checkpoint kept ({runs[2].checkpoint_dir}): "
+            f"the next start resumes it") in printed
+    assert sorted(e["signal"] for e in events(env, "stopped")) == [signal.SIGTERM] * 2
+    assert os.path.exists(runs[1].results_file) and not os.path.exists(runs[1].checkpoint_dir)
+    assert open(os.path.join(runs[2].checkpoint_dir, "attempts")).read() == "x"
+
+
+def test_run_locked_by_another_process_is_refused_not_run_twice(env, capsys):
+    """A run another process is running (here: this test holds its lock) fails with one line and is
+    left alone; once the lock is free a restart runs it."""
+    from utils.runlock import run_lock
+    sweep = make_sweep(env, seeds=(1,), sleep=0.0)
+    out = env / "R"
+    busy = plan(sweep, str(out), checkpoints=True)[0]
+    with run_lock(busy.results_file):
+        assert grid_main([sweep, "--results_dir", str(out), "--checkpoints"]) == 1
+    printed = capsys.readouterr().out
+    assert (f"FAILED (exit 2) {busy.label}: fake_lt.py: error: another process (pid {os.getpid()}) "
+            f"is already running this run: {busy.results_file}") in printed
+    assert [e["name"] for e in events(env, "start")] == [os.path.basename(r.results_file)
+                                                         for r in plan(sweep, str(out))[1:]]
+    assert not os.path.exists(busy.checkpoint_dir)  # the refused process wrote nothing
+    assert grid_main([sweep, "--results_dir", str(out), "--checkpoints"]) == 0
+    assert "2 runs, 1 already done, 1 to run" in capsys.readouterr().out
 
 
 def test_checkpoints_option_resumes_and_cleans_up(env, capsys):

@@ -18,10 +18,18 @@ With ``--checkpoints`` each run also keeps a checkpoint in
 ``DIR/checkpoints/<name>/`` (``--checkpoint_dir ... --resume``), so a restarted
 grid continues an interrupted run from its last completed task instead of from
 the start; the checkpoint is deleted once the run's results file is written.
+
+Runs never outlive the runner: each starts in its own process group, which
+the runner stops with SIGTERM when it is stopped (Ctrl-C, SIGTERM), and on
+Linux the kernel also sends a run SIGTERM when the runner dies outright
+(SIGKILL, a crash), so a restarted runner never finds an old run still going.
+Programs that take the per-run lock (``utils.runlock``, as main.py does)
+also refuse to run twice at once, whoever started them.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import hashlib
 import itertools
 import os
@@ -32,7 +40,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from utils.errors import UserError
 
@@ -44,6 +52,8 @@ OPERATIONAL_FLAGS = frozenset({
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
 MAX_NAME = 180
 POLL_S = 0.1
+STOP_GRACE_S = 10.0   # how long stopped runs get to exit cleanly before they are killed
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def _canonical(value) -> str:
@@ -217,8 +227,56 @@ def child_environment(jobs: int) -> dict:
     return env
 
 
+def die_with_runner() -> Optional[Callable[[], None]]:
+    """A ``preexec_fn`` that has the kernel send the child SIGTERM when the runner dies (Linux
+    ``prctl(PR_SET_PDEATHSIG)``, kept across exec); ``None`` where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    runner = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+        if os.getppid() != runner:  # the runner died before the prctl: no signal would come
+            os._exit(143)
+    return preexec
+
+
+def start_run(run: GridRun, env: dict):
+    """Start one run, its output going to its log; returns (process, open log)."""
+    os.makedirs(os.path.dirname(run.log_file), exist_ok=True)
+    log = open(run.log_file, "a" if run.checkpoint_dir else "w")
+    log.write(" ".join(run.argv) + "\n")
+    log.flush()
+    try:
+        # Own session and process group: a Ctrl-C reaches the runner only, which stops the group (stop_runs).
+        proc = subprocess.Popen(run.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True, preexec_fn=die_with_runner())
+    except BaseException:
+        log.close()
+        raise
+    return proc, log
+
+
+def finished_status(run: GridRun, returncode: int) -> Optional[str]:
+    """After a run's process ended: ``None`` when it wrote its results (its checkpoint is then deleted),
+    else why it failed."""
+    if returncode == 0 and os.path.exists(run.results_file):
+        if run.checkpoint_dir:
+            shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
+        return None
+    return f"exit {returncode}" if returncode != 0 else "exit 0 but no results file"
+
+
 def run_grid(runs: List[GridRun], jobs: int = 1, out=None) -> int:
-    """Run the runs whose results file does not exist yet, ``jobs`` at a time; return the number that failed."""
+    """Run the runs whose results file does not exist yet, ``jobs`` at a time; return the number that failed.
+
+    However this ends (KeyboardInterrupt, which SIGTERM is mapped to, or any error), the runs still
+    going are stopped first and what each of them left is printed.
+    """
     out = out or sys.stdout
     pending = [r for r in runs if not os.path.exists(r.results_file)]
     total, done_before = len(runs), len(runs) - len(pending)
@@ -232,13 +290,7 @@ def run_grid(runs: List[GridRun], jobs: int = 1, out=None) -> int:
         while pending or running:
             while pending and len(running) < jobs:
                 run = pending.pop(0)
-                os.makedirs(os.path.dirname(run.log_file), exist_ok=True)
-                log = open(run.log_file, "a" if run.checkpoint_dir else "w")
-                log.write(" ".join(run.argv) + "\n")
-                log.flush()
-                # Own session: a Ctrl-C reaches the runner only, which forwards it once (stop_children).
-                proc = subprocess.Popen(run.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        env=env, start_new_session=True)
+                proc, log = start_run(run, env)
                 running[proc] = (run, log, time.monotonic())
                 print(f"{'':>{2 * len(str(total)) + 3}} start {run.label}", file=out, flush=True)
             exited = [p for p in running if p.poll() is not None]
@@ -250,23 +302,23 @@ def run_grid(runs: List[GridRun], jobs: int = 1, out=None) -> int:
                 log.close()
                 finished += 1
                 took = time.monotonic() - began
-                if proc.returncode == 0 and os.path.exists(run.results_file):
+                why = finished_status(run, proc.returncode)
+                if why is None:
                     status = f"done  {run.label}  {took:.1f}s  {_headline(run.results_file)}"
-                    if run.checkpoint_dir:
-                        shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
                 else:
-                    why = (f"exit {proc.returncode}" if proc.returncode != 0
-                           else "exit 0 but no results file")
                     failed.append(run.label)
                     status = f"FAILED ({why}) {run.label}: {_log_tail(run.log_file)}  [log: {run.log_file}]"
                 elapsed = time.monotonic() - start
                 eta = elapsed / finished * (len(pending) + len(running))
                 print(f"[{done_before + finished:>{len(str(total))}}/{total}] {status}  "
                       f"(elapsed {_clock(elapsed)}, left ~{_clock(eta)})", file=out, flush=True)
-    except KeyboardInterrupt:
-        stop_children(running)
-        print(f"interrupted: stopped {len(running)} running run(s); their results were not written. "
-              f"Rerun the same command to continue.", file=out, flush=True)
+    except BaseException as exc:
+        stop_runs(running)
+        if running or isinstance(exc, KeyboardInterrupt):
+            print(f"{'interrupted' if isinstance(exc, KeyboardInterrupt) else 'stopping on an error'}: "
+                  f"stopped {len(running)} running run(s); rerun the same command to continue", file=out, flush=True)
+        for run, _, _ in running.values():
+            print(f"  {run.label}: {left_behind(run)}", file=out, flush=True)
         raise
     if failed:
         print(f"{len(failed)} run(s) failed (their logs are in {os.path.dirname(runs[0].log_file)}): "
@@ -276,17 +328,40 @@ def run_grid(runs: List[GridRun], jobs: int = 1, out=None) -> int:
     return len(failed)
 
 
-def stop_children(running: Dict[subprocess.Popen, tuple], grace_s: float = 10.0) -> None:
-    """Interrupt the running runs (they stop cleanly, saving a checkpoint when they keep one), then wait."""
+def left_behind(run: GridRun) -> str:
+    """What a stopped run left, for the report (called once its process has ended)."""
+    if os.path.exists(run.results_file):
+        if run.checkpoint_dir:
+            shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
+        return f"finished while stopping, results written ({run.results_file})"
+    kept = run.checkpoint_dir and os.path.isdir(run.checkpoint_dir) and any(
+        not name.startswith(".") for name in os.listdir(run.checkpoint_dir))
+    if kept:
+        return f"interrupted, checkpoint kept ({run.checkpoint_dir}): the next start resumes it"
+    return "interrupted, nothing written: the next start runs it from the beginning"
+
+
+def _signal_group(proc: subprocess.Popen, signum: int) -> None:
+    """Signal the run's process group (the run and anything it started), unless the run was reaped."""
+    if proc.returncode is None:
+        try:
+            os.killpg(proc.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def stop_runs(running: Dict[subprocess.Popen, tuple], grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM each running run's process group (main.py then stops cleanly, keeping its checkpoint),
+    wait up to ``grace_s``, SIGKILL what is left, and close the logs."""
     for proc in running:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
+            _signal_group(proc, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     for proc, (run, log, _) in running.items():
         try:
             proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            proc.kill()
+            _signal_group(proc, signal.SIGKILL)
             proc.wait()
         log.close()
 
@@ -317,11 +392,13 @@ def main(argv: Optional[list] = None) -> int:
             if not os.path.exists(run.results_file):
                 print(" ".join(run.argv))
         return 0
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # stopped like Ctrl-C: the runs are stopped too
     try:
         return 1 if run_grid(runs, args.jobs) else 0
     except KeyboardInterrupt:
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
