@@ -10,9 +10,12 @@ class DERpp(ContinualModel):
     """DER++: stream loss + alpha * MSE(logits of a buffer draw, stored logits)
     + beta * CE(a second, independent buffer draw).
 
-    The stored logits are the all-class, unmasked logits of the stream batch
-    from one more forward pass after the optimizer step (the authors' choice),
-    taken with the network in training mode and without gradients.
+    The stored logits are the stream batch's all-class, unmasked logits.  Which
+    forward pass gives them follows the authors' two code paths:
+    masked (their ``derppmr``): one more forward pass after the optimizer step,
+    in training mode and without gradients; unmasked (Mammoth's ``derpp``,
+    which their code runs without the mask): the logits of the step's own
+    stream forward pass, taken before the optimizer step.
     """
 
     USES_BUFFER = True
@@ -28,8 +31,15 @@ class DERpp(ContinualModel):
 
     def observe(self, inputs, labels, not_aug_inputs):
         augment, mb = self.setting.augment, self.args.minibatch_size
+        stream_logits = []
+
+        def stream_term():
+            logits = self.net(inputs)
+            stream_logits.append(logits.detach().float())
+            return self.stream_loss(logits, labels)
+
         self.opt.zero_grad(set_to_none=True)
-        loss = self.backward(lambda: self.stream_loss(self.net(inputs), labels))
+        loss = self.backward(stream_term)
         if not self.buffer.is_empty():
             buf_x, buf_logits = self.buffer.sample(mb, "examples", "logits")
             loss = loss + self.backward(lambda: self.args.alpha * F.mse_loss(self.net(augment(buf_x)), buf_logits))
@@ -38,7 +48,8 @@ class DERpp(ContinualModel):
                 buf_x, buf_y = self.buffer.sample(mb, "examples", "labels")
                 loss = loss + self.backward(lambda: beta * F.cross_entropy(self.net(augment(buf_x)), buf_y))
         self.opt.step()
-        with torch.no_grad(), self.autocast():
-            logits = self.net(inputs).float()
-        self.buffer.add(examples=not_aug_inputs, labels=labels, logits=logits)
+        if self.args.masked_softmax:
+            with torch.no_grad(), self.autocast():
+                stream_logits[0] = self.net(inputs).float()
+        self.buffer.add(examples=not_aug_inputs, labels=labels, logits=stream_logits[0])
         return loss

@@ -1,3 +1,4 @@
+import torch
 import torch.nn.functional as F
 
 from models import register_model
@@ -6,11 +7,15 @@ from models.continual_model import ContinualModel
 
 @register_model("er")
 class ER(ContinualModel):
-    """Experience Replay: stream loss (masked when enabled) + cross-entropy on a buffer minibatch.
+    """Experience Replay, in the two forms the authors ran (``--masked_softmax`` picks one).
 
-    Stream and buffer go through the network in separate forward passes; the
-    buffer keeps non-augmented stream inputs and labels and augments them when
-    they are replayed.
+    Masked (the authors' ``ermr``): masked cross-entropy on the stream batch plus
+    cross-entropy on a buffer minibatch, in two separate forward passes.
+    Unmasked (Mammoth's ``er``, which the authors' code runs without the mask):
+    the stream batch and the buffer minibatch are concatenated and go through
+    the network in one forward pass (one batch-norm batch), with one
+    cross-entropy averaged over all of them.  The buffer keeps non-augmented
+    stream inputs and labels and augments them when they are replayed.
     """
 
     USES_BUFFER = True
@@ -21,12 +26,23 @@ class ER(ContinualModel):
         "orther": {"classifier": "fno", "masked_softmax": 0},
     }
 
+    def replay_batch(self):
+        buf_x, buf_y = self.buffer.sample(self.args.minibatch_size, "examples", "labels")
+        return self.setting.augment(buf_x), buf_y
+
     def observe(self, inputs, labels, not_aug_inputs):
         self.opt.zero_grad(set_to_none=True)
-        loss = self.backward(lambda: self.stream_loss(self.net(inputs), labels))
-        if not self.buffer.is_empty():
-            buf_x, buf_y = self.buffer.sample(self.args.minibatch_size, "examples", "labels")
-            loss = loss + self.backward(lambda: F.cross_entropy(self.net(self.setting.augment(buf_x)), buf_y))
+        if self.args.masked_softmax:
+            loss = self.backward(lambda: self.stream_loss(self.net(inputs), labels))
+            if not self.buffer.is_empty():
+                buf_x, buf_y = self.replay_batch()
+                loss = loss + self.backward(lambda: F.cross_entropy(self.net(buf_x), buf_y))
+        else:
+            x, y = inputs, labels
+            if not self.buffer.is_empty():
+                buf_x, buf_y = self.replay_batch()
+                x, y = torch.cat((inputs, buf_x)), torch.cat((labels, buf_y))
+            loss = self.backward(lambda: F.cross_entropy(self.net(x), y))
         self.opt.step()
         self.buffer.add(examples=not_aug_inputs, labels=labels)
         return loss

@@ -95,7 +95,7 @@ def test_main_writes_the_results_file(tmp_path, capsys):
         assert key in res
     assert res["args"]["classifier"] == "fno" and res["device"] == "cpu"
     assert res["class_il"] > 50 and res["task_il"] >= res["class_il"]
-    last = capsys.readouterr().out.strip().splitlines()[-1]
+    last = capsys.readouterr().out.strip().splitlines()[-2]  # the last line says where the file went
     assert f"Class-IL {res['class_il']:.2f}" in last and f"Task-IL {res['task_il']:.2f}" in last
     assert [p.name for p in out.parent.iterdir()] == ["r.json"], "no temporary files left behind"
 

@@ -14,8 +14,11 @@ from datasets import get_dataset_class
 from datasets.utils.continual_dataset import ContinualDataset, Split
 from models import get_model_class
 from models.continual_model import ContinualModel, Setting
+from utils.buffer import check_buffer_fits
 from utils.checkpoint import load_checkpoint, restore_run, save_checkpoint
 from utils.collapse import summary as collapse_summary, task_collapse_metrics
+from utils.errors import UserError
+from utils.guards import check_finite_loss
 from utils.losses import mask_other_tasks
 from utils.metrics import backward_transfer, final_average, forgetting, pad_rows
 from utils.progress import ProgressBar
@@ -46,6 +49,7 @@ class Run:
     data_generator: torch.Generator
     augment_generator: torch.Generator
     scheduler: object = None   # the current task's learning-rate scheduler, if the dataset has one
+    min_batch: int = 1         # smallest training batch the network accepts (2 with batch norm)
 
 
 def build_network(args, dataset: ContinualDataset) -> Network:
@@ -54,6 +58,8 @@ def build_network(args, dataset: ContinualDataset) -> Network:
     backbone = get_backbone_class(args.backbone)(dataset.INPUT_SHAPE)
     head = make_head(args.classifier, backbone.feature_dim, dataset.num_classes,
                      make_generator(args.seed, "fno-partition"))
+    if hasattr(backbone, "init_head"):  # a backbone whose reference code also initialises the classifier
+        backbone.init_head(head)
     return Network(backbone, head)
 
 
@@ -68,6 +74,10 @@ def build_run(args, dataset: ContinualDataset | None = None) -> Run:
     # Normalisation constants on the device once: a per-batch host-to-device copy would synchronise.
     dataset.TRANSFORM = dataset.TRANSFORM.to(device)
     train, test = (s.to(device) for s in dataset.load_splits())
+    if getattr(args, "buffer_size", 0):
+        # inputs as stored, an int64 label and float32 logits over every class (the most a method stores)
+        entry = train.x[0].numel() * train.x.element_size() + 8 + 4 * dataset.num_classes
+        check_buffer_fits(args.buffer_size, entry, device)
     net = build_network(args, dataset).to(device)
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -79,8 +89,10 @@ def build_run(args, dataset: ContinualDataset | None = None) -> Run:
     model = get_model_class(args.model)(net, args, setting)
     if args.compile:
         model.net = torch.compile(model.net, mode=args.compile)
+    has_batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
     return Run(args, dataset, model, train, test, task_of_class,
-               make_generator(args.seed, "data-order", device), augment_generator)
+               make_generator(args.seed, "data-order", device), augment_generator,
+               min_batch=2 if has_batch_norm else 1)
 
 
 @torch.no_grad()
@@ -120,6 +132,20 @@ def stages(run: Run):
     return list(enumerate(per_task))
 
 
+def epoch_batches(order: torch.Tensor, batch_size: int, min_batch: int = 1) -> list:
+    """``order`` cut into batches of ``batch_size``; a last batch smaller than ``min_batch`` joins the one before.
+
+    Batch norm cannot normalise a batch of one sample, so networks with batch
+    norm get ``min_batch = 2``: a task whose size leaves one sample over trains
+    it in a last batch of ``batch_size + 1`` instead of failing (the paper's
+    benchmarks never leave one over; every sample is still seen once per epoch).
+    """
+    batches = list(order.split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) < min_batch:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches
+
+
 def train_stage(run: Run, task: int, indices: torch.Tensor, progress: ProgressBar,
                 logger: WandbLogger | None = None):
     """``begin_task``, the epochs of ``observe`` over ``indices``, ``end_task``.
@@ -130,16 +156,16 @@ def train_stage(run: Run, task: int, indices: torch.Tensor, progress: ProgressBa
     model.begin_task(task)
     model.opt = model.build_optimizer()
     scheduler = run.scheduler = run.dataset.get_scheduler(model.opt, args)
-    steps_per_epoch = math.ceil(len(indices) / args.batch_size)
-    total = steps_per_epoch * args.n_epochs
+    batches_per_epoch = len(epoch_batches(indices, args.batch_size, run.min_batch))
+    total = batches_per_epoch * args.n_epochs
     label = f"Task {task + 1}/{run.dataset.N_TASKS}"
     loss = torch.zeros(())
     for epoch in range(args.n_epochs):
         order = indices[torch.randperm(len(indices), device=indices.device, generator=run.data_generator)]
-        for step, batch in enumerate(order.split(args.batch_size)):
+        for step, batch in enumerate(epoch_batches(order, args.batch_size, run.min_batch)):
             raw, labels = train.x[batch], train.y[batch]
             loss = model.observe(transform.train(raw, run.augment_generator), labels, raw)
-            progress.update(label, epoch * steps_per_epoch + step + 1, total, loss)
+            progress.update(label, epoch * batches_per_epoch + step + 1, total, loss)
             if logger is not None:
                 logger.train_step(loss)
         if scheduler is not None:
@@ -179,6 +205,8 @@ def run_experiment(args, progress: ProgressBar | None = None, log=print) -> dict
                 continue
             tic = time.perf_counter()
             last_loss, steps = train_stage(run, task, indices, progress, logger)
+            check_finite_loss(last_loss, f"task {task + 1} (steps {history['n_steps'] + 1}-"
+                                         f"{history['n_steps'] + steps})", args.lr)
             history["train_time_s"] += time.perf_counter() - tic
             history["n_steps"] += steps
             cil, til = evaluate(run, task + 1)
@@ -194,7 +222,13 @@ def run_experiment(args, progress: ProgressBar | None = None, log=print) -> dict
             history["wall_time_s"] = time_before + time.perf_counter() - start
             logger.task_done(task, cil, til, collapse)
             if args.checkpoint_dir:
-                save_checkpoint(args.checkpoint_dir, run, history, logger.state())
+                try:
+                    save_checkpoint(args.checkpoint_dir, run, history, logger.state())
+                except OSError as exc:
+                    raise UserError(f"could not write the checkpoint to {args.checkpoint_dir} after task "
+                                    f"{task + 1}: {exc.strerror or exc}; the previous checkpoint there (if any) is "
+                                    f"intact: free space or pick another --checkpoint_dir and rerun with "
+                                    f"--resume") from None
     except KeyboardInterrupt:
         progress.close()
         logger.finish(exit_code=130)
