@@ -12,14 +12,40 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def check_outputs(args) -> None:
+    """Every output location is writable before the first step, not after the last one."""
+    from utils.io import check_writable_dir, check_writable_file
+    if args.results_file:
+        check_writable_file(args.results_file, "--results_file")
+    if args.checkpoint_dir:
+        check_writable_dir(args.checkpoint_dir, "--checkpoint_dir")
+
+
+def save_results(args, results: dict) -> None:
+    from utils.io import write_json_atomic
+    try:
+        write_json_atomic(args.results_file, results)
+    except OSError as exc:
+        keep = (f"the checkpoint in {args.checkpoint_dir} keeps the finished run: rerun the same command with "
+                f"--resume and another --results_file to write them" if args.checkpoint_dir else
+                "the final accuracies are printed above; add --checkpoint_dir to keep a run whose results "
+                "cannot be written")
+        raise UserError(f"could not write the results to {args.results_file}: {exc.strerror or exc}; {keep}") from None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from utils.training import run_experiment
-    from utils.io import write_json_atomic
     # SIGTERM (wandb agents, schedulers, the grid runner) stops the run like Ctrl-C: cleanly, checkpoint kept.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
+        check_outputs(args)
         results = run_experiment(args)
+        print(f"Final ({args.model_name}, {args.classifier}, masked={args.masked_softmax}, {args.dataset}): "
+              f"Class-IL {results['class_il']:.2f} | Task-IL {results['task_il']:.2f}")
+        if args.results_file:
+            save_results(args, results)
+            print(f"Results written to {args.results_file}")
     except UserError as exc:
         print(f"main.py: error: {exc}", file=sys.stderr)
         return 2
@@ -28,10 +54,6 @@ def main(argv=None) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if args.results_file:
-        write_json_atomic(args.results_file, results)
-    print(f"Final ({args.model_name}, {args.classifier}, masked={args.masked_softmax}, {args.dataset}): "
-          f"Class-IL {results['class_il']:.2f} | Task-IL {results['task_il']:.2f}")
     return 0
 
 

@@ -59,10 +59,14 @@ def build_parser() -> OneLineParser:
                        f"{a}={n}+{'/'.join(f'{k}={v}' for k, v in f.items())}" for a, (n, f) in sorted(aliases.items())))
     g.add_argument("--backbone", choices=backbone_names(), help="default: the dataset's")
     g.add_argument("--classifier", choices=HEADS, help="head: fc (learnable, bias) or fno (fixed non-negative orthogonal); default fc")
-    g.add_argument("--masked_softmax", type=binary, help="mask the stream batch's logits to its own task (0|1, default 0)")
+    g.add_argument("--masked_softmax", type=binary, metavar="{0,1}",
+                   help="1: the authors' masked methods (stream logits masked to the sample's task; ER/DER++ with "
+                        "separate stream and replay passes, DER++ storing post-step logits); 0 (default): Mammoth's "
+                        "ER (one forward pass over stream + replay) and DER++ (pre-step logits)")
     g.add_argument("--buffer_size", type=non_negative_int, help="replay buffer size (required by rehearsal methods)")
-    g.add_argument("--load_best_args", type=switch, nargs="?", const=True,
-                   help="use the paper's hyper-parameters for dataset/model/buffer; explicit flags win")
+    g.add_argument("--load_best_args", type=switch, nargs="?", const=True, metavar="{0,1}",
+                   help="use the paper's hyper-parameters for dataset/model/buffer; flags given explicitly win "
+                        "(unlike the authors' code, where the table silently overrides them)")
     h = p.add_argument_group("hyper-parameters")
     h.add_argument("--lr", type=positive(float), help="learning rate")
     h.add_argument("--minibatch_size", type=positive(int), help="replay batch size (default: --batch_size)")
@@ -92,7 +96,7 @@ def build_parser() -> OneLineParser:
     s.add_argument("--compile", type=_compile_mode,
                    help="torch.compile the network: 0, 1 (default mode) or a mode name, e.g. reduce-overhead "
                         "(CUDA graphs on CUDA)")
-    s.add_argument("--num_threads", type=positive(int),
+    s.add_argument("--num_threads", type=positive(int, high=os.cpu_count() or 1),
                    help="CPU threads for torch (default: the dataset's choice, else torch's)")
     return p
 

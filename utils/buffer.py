@@ -5,7 +5,33 @@ from typing import Dict, Optional
 
 import torch
 
+from utils.errors import UserError
+
 _BIG = 2 ** 62
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on ``device`` (free CUDA memory, or the host's MemAvailable)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_buffer_fits(size: int, entry_bytes: int, device: torch.device) -> None:
+    """Refuse, before allocating anything, a buffer larger than the memory left on its device."""
+    free = available_memory(device)
+    need = size * entry_bytes
+    if free is not None and need > free:
+        raise UserError(f"--buffer_size {size} needs about {need / 2**30:.1f} GiB on {device} ({entry_bytes} bytes "
+                        f"per entry) but only {free / 2**30:.1f} GiB is free; valid here: at most "
+                        f"{free // entry_bytes} entries")
 
 
 class ReservoirBuffer:

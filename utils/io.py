@@ -6,6 +6,44 @@ import json
 import os
 import tempfile
 
+from utils.errors import UserError
+
+
+def _current_umask() -> int:
+    """The process's umask, read without changing it where Linux reports it (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: the classic set-and-restore, the only portable way to read it
+    os.umask(mask)
+    return mask
+
+
+def check_writable_dir(directory: str, what: str) -> None:
+    """Create ``directory`` if needed and prove a file can be written there, before any training.
+
+    Raises ``UserError`` naming ``what`` (e.g. "--checkpoint_dir") and the reason, so a read-only,
+    full or misnamed location fails in the first second, not after hours of training."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory) as probe:
+            probe.write(b"0" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as exc:
+        raise UserError(f"{what} {directory!r} is not writable: {exc.strerror or exc}") from None
+
+
+def check_writable_file(path: str, what: str) -> None:
+    """``path`` can be (re)placed atomically: it is not a directory and its folder is writable."""
+    if os.path.isdir(path):
+        raise UserError(f"{what} {path!r} is a directory; give a file name, e.g. {os.path.join(path, 'results.json')}")
+    check_writable_dir(os.path.dirname(os.path.abspath(path)), f"the folder of {what}")
+
 
 @contextlib.contextmanager
 def atomic_writer(path: str):
@@ -16,6 +54,7 @@ def atomic_writer(path: str):
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     try:
+        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; colleagues may share these files
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
