@@ -35,17 +35,19 @@ def save_results(args, results: dict) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from utils.runlock import run_lock
     from utils.training import run_experiment
     # SIGTERM (wandb agents, schedulers, the grid runner) stops the run like Ctrl-C: cleanly, checkpoint kept.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         check_outputs(args)
-        results = run_experiment(args)
-        print(f"Final ({args.model_name}, {args.classifier}, masked={args.masked_softmax}, {args.dataset}): "
-              f"Class-IL {results['class_il']:.2f} | Task-IL {results['task_il']:.2f}")
-        if args.results_file:
-            save_results(args, results)
-            print(f"Results written to {args.results_file}")
+        with run_lock(args.results_file, args.checkpoint_dir):  # one process per run, or a one-line refusal
+            results = run_experiment(args)
+            print(f"Final ({args.model_name}, {args.classifier}, masked={args.masked_softmax}, {args.dataset}): "
+                  f"Class-IL {results['class_il']:.2f} | Task-IL {results['task_il']:.2f}")
+            if args.results_file:
+                save_results(args, results)
+                print(f"Results written to {args.results_file}")
     except UserError as exc:
         print(f"main.py: error: {exc}", file=sys.stderr)
         return 2

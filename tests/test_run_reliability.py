@@ -138,3 +138,15 @@ def test_batch_norm_network_trains_a_task_that_leaves_one_sample_over(make_args)
     assert build_run(args).min_batch == 2
     res = run_experiment(args, log=lambda *a: None)
     assert res["n_steps"] == 1 + 1 + 2 + 1 + 1  # 288, 288, 291 (287 + 4), 288, 283 images
+
+
+def test_a_second_process_on_the_same_run_refuses_to_start(capsys, tmp_path):
+    from utils.runlock import run_lock
+    results = tmp_path / "r.json"
+    with run_lock(str(results)):  # held as a running twin would hold it
+        code, out, err = run_main(capsys, *DIGITS, "--results_file", str(results))
+    assert code == 2
+    one_error_line(err, "already running", str(results))
+    assert not results.exists()
+    code, out, err = run_main(capsys, *DIGITS, "--results_file", str(results))
+    assert code == 0 and results.exists() and not (tmp_path / "r.json.lock").exists()
