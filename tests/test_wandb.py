@@ -12,11 +12,15 @@ import pytest
 import main
 from datasets import get_dataset_class
 from utils.args import parse_args
-from utils.wandb_logger import LOSS_EVERY, WandbLogger
+from utils.wandb_logger import INIT_TIMEOUT_ENV, INIT_TIMEOUT_S, LOSS_EVERY, WandbLogger
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = ["--dataset", "seq-digits", "--model", "er", "--classifier", "fno", "--masked_softmax", "1",
        "--buffer_size", "50", "--load_best_args", "--n_epochs", "1", "--seed", "2", "--device", "cpu"]
+
+
+class TimeoutLike(Exception):
+    pass
 
 
 class Recorder:
@@ -25,11 +29,16 @@ class Recorder:
     def __init__(self, fail=None, logged_in=True):
         self.fail, self.logged_in = fail, logged_in
         self.init_kwargs, self.logged, self.summary, self.finished = None, [], {}, []
-        self.module = types.SimpleNamespace(init=self.init, login=self.login)
+        self.module = types.SimpleNamespace(init=self.init, login=self.login,
+                                            Settings=lambda **kwargs: types.SimpleNamespace(**kwargs))
 
     def _maybe_fail(self, call):
         if self.fail == call:
             raise RuntimeError(f"simulated {call} failure")
+        if self.fail == call + " timeout":  # what wandb raises without network, message and all
+            raise TimeoutLike('Timed out while retrying: Post "https://api.wandb.ai/graphql": no such host\n'
+                              'Consider increasing the init_timeout setting:\n'
+                              '  wandb.init(settings=wandb.Settings(init_timeout=...))')
 
     def login(self, prompt, verify):
         assert prompt is False
@@ -65,6 +74,7 @@ def fake_wandb(monkeypatch):
         return recorder
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    monkeypatch.delenv(INIT_TIMEOUT_ENV, raising=False)
     return install
 
 
@@ -105,6 +115,38 @@ def test_logs_config_loss_tasks_and_final_metrics(fake_wandb, tmp_path, capsys, 
     assert wandb.finished == [0]
     assert "warning" not in capsys.readouterr().err
     assert accuracies(results) == accuracies(reference)  # logging reads the loss but draws nothing
+
+
+def test_start_waits_a_few_seconds_not_wandbs_ninety(fake_wandb, monkeypatch):
+    """Without network wandb.init waits its init_timeout (90 s by default) before failing: bounded here."""
+    assert 0 < INIT_TIMEOUT_S <= 15
+    wandb = fake_wandb()
+    WandbLogger(parse_args(RUN + ["--wandb_project", "p"]))
+    assert wandb.init_kwargs["settings"].init_timeout == INIT_TIMEOUT_S
+    monkeypatch.setenv(INIT_TIMEOUT_ENV, "42.5")  # wandb's own variable still sets the limit
+    WandbLogger(parse_args(RUN + ["--wandb_project", "p"]))
+    assert wandb.init_kwargs["settings"].init_timeout == 42.5
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-3", "nan", "inf"])
+def test_bad_init_timeout_is_one_warning(fake_wandb, monkeypatch, capsys, value):
+    wandb = fake_wandb()
+    monkeypatch.setenv(INIT_TIMEOUT_ENV, value)
+    logger = WandbLogger(parse_args(RUN + ["--wandb_project", "p"]))
+    assert not logger.active and wandb.init_kwargs is None
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{INIT_TIMEOUT_ENV} must be a positive number of seconds, got {value!r}" in err
+
+
+def test_start_timeout_warning_is_one_line_naming_the_limit(fake_wandb, capsys):
+    fake_wandb(fail="init timeout")
+    logger = WandbLogger(parse_args(RUN + ["--wandb_project", "p"]))
+    assert not logger.active
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith("warning: wandb start failed (TimeoutLike: Timed out while retrying: ")
+    assert f"(after {INIT_TIMEOUT_S:g}s: set {INIT_TIMEOUT_ENV} to wait longer)" in err
+    assert "Consider increasing" not in err and "training and the results file are unaffected" in err
 
 
 @pytest.mark.parametrize("flags,env", [

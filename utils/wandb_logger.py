@@ -8,6 +8,10 @@ to disk for a later ``wandb sync``.  wandb is imported only then.  Any failure
 and turns logging off for the rest of the run; training and the results file
 are unaffected.
 
+wandb waits at most ``INIT_TIMEOUT_S`` seconds for its run to start (its own
+default is 90 s, which a machine without network would spend before training
+even begins); the ``WANDB_INIT_TIMEOUT`` variable sets another limit.
+
 Logged: the full config; the training loss every ``loss_every`` optimizer
 steps (reading it waits for the device, so never at every step); after every
 task the per-task and mean Class-IL and Task-IL accuracies; at the end the
@@ -15,11 +19,34 @@ final metrics in the run summary.
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 from typing import Optional
 
 LOSS_EVERY = 50
+INIT_TIMEOUT_S = 10.0
+INIT_TIMEOUT_ENV = "WANDB_INIT_TIMEOUT"  # wandb's own variable for the same setting
+
+
+def init_timeout() -> float:
+    """Seconds wandb may take to start a run: ``WANDB_INIT_TIMEOUT`` when set, else ``INIT_TIMEOUT_S``."""
+    text = os.environ.get(INIT_TIMEOUT_ENV, "").strip()
+    if not text:
+        return INIT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (0 < value < math.inf):
+        raise ValueError(f"{INIT_TIMEOUT_ENV} must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def one_line(exc: Exception) -> str:
+    """The first non-empty line of an error message (wandb's span several, with code to paste)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else ""
 
 
 def wandb_wanted(args) -> bool:
@@ -37,6 +64,7 @@ class WandbLogger:
         self.step = int(saved.get("step", 0))   # optimizer steps over the whole run, kept across resumes
         self.run_id = saved.get("run_id")
         self.run = None
+        self.init_timeout = INIT_TIMEOUT_S
         if wandb_wanted(args):
             self._guard("start", lambda: self._start(args))
 
@@ -62,10 +90,14 @@ class WandbLogger:
                     pass
 
     def _warn(self, what: str, exc: Exception) -> None:
-        print(f"warning: wandb {what} failed ({type(exc).__name__}: {exc}); wandb logging is off for the "
+        message = one_line(exc)
+        if what == "start" and "timed out" in message.lower():
+            message += f" (after {self.init_timeout:g}s: set {INIT_TIMEOUT_ENV} to wait longer)"
+        print(f"warning: wandb {what} failed ({type(exc).__name__}: {message}); wandb logging is off for the "
               f"rest of this run, training and the results file are unaffected", file=self.stream or sys.stderr, flush=True)
 
     def _start(self, args) -> None:
+        self.init_timeout = init_timeout()
         import wandb
         offline = os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun")
         if not offline and not _has_credentials(wandb):
@@ -73,7 +105,8 @@ class WandbLogger:
         # Agents choose the run id themselves (WANDB_RUN_ID); otherwise a resumed run continues its own.
         resume_id = self.run_id if self.run_id and "WANDB_RUN_ID" not in os.environ else None
         self.run = wandb.init(project=args.wandb_project, entity=args.wandb_entity, name=args.wandb_name,
-                              config=dict(vars(args)), id=resume_id, resume="allow" if resume_id else None)
+                              config=dict(vars(args)), id=resume_id, resume="allow" if resume_id else None,
+                              settings=wandb.Settings(init_timeout=self.init_timeout))
         self.run_id = self.run.id
         self.run.define_metric("train/step")
         self.run.define_metric("train/*", step_metric="train/step")
