@@ -3,6 +3,7 @@ not reached by random ones, invariances, the per-task hook of a run, and the com
 import json
 import math
 import os
+import sys
 
 import pytest
 import torch
@@ -225,20 +226,20 @@ def fake_rows(offset, fno):
     return rows
 
 
-def test_cli_table_plots_and_errors(tmp_path, capsys):
-    a = write_results(tmp_path / "fno.json", "fno", fake_rows(1.0, fno=True))
-    b = write_results(tmp_path / "fc.json", "fc", fake_rows(2.0, fno=False))
-    out_dir = tmp_path / "plots"
-    assert collapse.main([a, b, "--plots", str(out_dir)]) == 0
+def two_runs(tmp_path):
+    return (write_results(tmp_path / "fno.json", "fno", fake_rows(1.0, fno=True)),
+            write_results(tmp_path / "fc.json", "fc", fake_rows(2.0, fno=False)))
+
+
+def test_cli_table_and_errors(tmp_path, capsys):
+    a, b = two_runs(tmp_path)
+    assert collapse.main([a, b]) == 0
     out = capsys.readouterr().out
     assert "fno.json (er/fno+mask)" in out and "fc.json (er/fc+mask)" in out
     line = next(l for l in out.splitlines() if l.startswith("nc1 "))
     assert line.split()[1:] == ["1.3000", "2.3000"]       # the last task's values, run by run
     sep = next(l for l in out.splitlines() if l.startswith("separation"))
     assert sep.split()[1:] == ["1.3000", "-"]
-    pngs = sorted(os.listdir(out_dir))
-    assert pngs == sorted(f"{m}.png" for m in collapse.METRICS)
-    assert (out_dir / "nc1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     missing = str(tmp_path / "nope.json")
     broken = tmp_path / "broken.json"
@@ -249,3 +250,24 @@ def test_cli_table_plots_and_errors(tmp_path, capsys):
         assert collapse.main([a, bad]) == 2
         err = capsys.readouterr().err.strip()
         assert bad in err and "\n" not in err
+
+
+def test_cli_plots(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    a, b = two_runs(tmp_path)
+    out_dir = tmp_path / "plots"
+    assert collapse.main([a, b, "--plots", str(out_dir)]) == 0
+    assert "nc1 " in capsys.readouterr().out
+    pngs = sorted(os.listdir(out_dir))
+    assert pngs == sorted(f"{m}.png" for m in collapse.METRICS)
+    assert (out_dir / "nc1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_plots_without_matplotlib_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    a, b = two_runs(tmp_path)
+    assert collapse.main([a, b, "--plots", str(tmp_path / "plots")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert captured.err.startswith("python -m utils.collapse: error: --plots needs matplotlib")
+    assert not (tmp_path / "plots").exists()

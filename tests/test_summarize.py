@@ -3,6 +3,7 @@ against closed forms and printed tables; bad files reported by name; CSV, Markdo
 import json
 import math
 import os
+import sys
 
 import pandas as pd
 import pytest
@@ -181,6 +182,7 @@ def test_empty_directory_is_an_error(tmp_path, capsys):
 
 
 def test_plots_are_written(results_dir, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
     out = tmp_path / "plots"
     main([str(results_dir), "--plots", str(out)])
     names = sorted(os.listdir(out))
@@ -188,3 +190,15 @@ def test_plots_are_written(results_dir, tmp_path, capsys):
                      "matrix_seq-digits_buffer200_er+M_fno.png", "matrix_seq-digits_buffer500_derpp+M_fc.png"]
     for name in names:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plots_without_matplotlib_are_one_line_and_the_tables_still_written(results_dir, tmp_path, capsys,
+                                                                             monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    out = tmp_path / "plots"
+    assert main([str(results_dir), "--plots", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert [l for l in printed.splitlines() if "--plots" in l] == [
+        "cannot draw --plots: matplotlib is not installed (pip install -e '.[plots]')"]
+    assert "80.25 ± 1.71 (4)" in printed and (results_dir / "summary.csv").exists()
+    assert not out.exists()

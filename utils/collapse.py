@@ -319,6 +319,15 @@ def comparison_table(runs) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(row) for row in rows])
 
 
+def matplotlib_installed() -> bool:
+    """Whether matplotlib (an optional dependency: the 'plots' extra) can be imported."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def write_plots(runs, out_dir: str) -> List[str]:
     """One PNG per metric in ``out_dir``: its value after each task, one line per run."""
     from matplotlib.figure import Figure  # no pyplot: no global figure state, Agg canvas
@@ -357,6 +366,10 @@ def main(argv=None) -> int:
     parser.add_argument("results", nargs="+", metavar="RESULTS", help="results JSON files")
     parser.add_argument("--plots", metavar="OUT", help="directory for one PNG per metric across tasks")
     args = parser.parse_args(argv)
+    if args.plots and not matplotlib_installed():
+        print(f"{parser.prog}: error: --plots needs matplotlib, which is not installed "
+              f"(pip install -e '.[plots]')", file=sys.stderr)
+        return 2
     try:
         runs = [load_run(path) for path in args.results]
     except ResultsError as exc:
