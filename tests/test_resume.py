@@ -169,7 +169,8 @@ def test_checkpoint_restores_every_random_stream_and_the_model(tmp_path, device)
     run = build_run(args)
     run.model.buffer.add(examples=run.train.x[:20], labels=run.train.y[:20],
                          logits=torch.randn(20, 10, device=run.model.device))
-    history = {"stages_done": 1, "rows_cil": [[50.0]], "rows_til": [[90.0]], "wall_time_s": 1.0}
+    history = {"stages_done": 1, "rows_cil": [[50.0]], "rows_til": [[90.0]], "collapse": [], "n_steps": 3,
+               "train_time_s": 0.5, "wall_time_s": 1.0}
     save_checkpoint(str(tmp_path), run, history, {"step": 7, "run_id": None})
     expected, weights = _draws(run), {k: v.clone() for k, v in run.model.state_dict().items()}
     with torch.no_grad():

@@ -12,16 +12,25 @@ accuracies as an uninterrupted run.
 The file is written atomically (temporary file, fsync, rename) with SIGINT and
 SIGTERM held back until the write is complete, so a kill leaves either the
 previous checkpoint or the new one, never a torn file.
+
+Reading never runs code from the file (``torch.load(..., weights_only=True)``;
+a file that is not a zip written by ``torch.save`` is refused before it is
+unpickled), and every part is checked against the built run before anything
+is restored: a damaged or foreign checkpoint raises ``CheckpointError``, one
+line naming the file, what is wrong and what to do, and leaves the run as it was.
 """
 from __future__ import annotations
 
 import contextlib
 import glob
 import io
+import math
 import os
+import pickle
 import random
 import signal
 import threading
+import zipfile
 from typing import Optional
 
 import numpy as np
@@ -120,11 +129,94 @@ def save_checkpoint(directory: str, run, history: dict, logger_state: dict) -> N
         atomic_write_bytes(checkpoint_path(directory), data.getvalue())
 
 
+class CheckpointError(UserError):
+    """A checkpoint that cannot be resumed; the one-line message names the file, the fault and the remedy."""
+
+    def __init__(self, path: str, what: str):
+        super().__init__(f"checkpoint {path}: {what}; delete it or use another --checkpoint_dir")
+
+
+ZIP_MAGIC = b"PK\x03\x04"  # how every file written by torch.save (zip format) begins
+STATE_KEYS = frozenset({"format", "args", "history", "model", "optimizer", "scheduler", "buffer", "rng", "logger"})
+HISTORY_KEYS = frozenset({"stages_done", "rows_cil", "rows_til", "collapse", "n_steps", "train_time_s", "wall_time_s"})
+RNG_KEYS = frozenset({"python", "numpy", "torch", "cuda", "data_order", "augmentation", "buffer"})
+
+
+def _one_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def _few(names) -> str:
+    """At most three names, quoted (so that no stored string can break the one-line message)."""
+    names = sorted(str(n) for n in names)
+    return ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {str(value.dtype).replace('torch.', '')} tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"
+
+
+def _show(value) -> str:
+    """A stored value in a message: short scalars as they are, anything else by its type."""
+    if isinstance(value, (int, float, str, type(None))) and len(repr(value)) <= 40:
+        return repr(value)
+    return _describe(value)
+
+
+def _read(path: str) -> dict:
+    """The checkpoint file's content, loaded without running any code it might contain."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(ZIP_MAGIC))
+    except OSError as exc:
+        raise CheckpointError(path, f"cannot be opened ({_one_line(exc)})") from None
+    if not head:
+        raise CheckpointError(path, "the file is empty (0 bytes)")
+    if head != ZIP_MAGIC:
+        raise CheckpointError(path, "the file is not a checkpoint (not written by torch.save)")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(path, "the file is truncated (its end is missing)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(path, "the file holds objects other than tensors and plain containers, "
+                                    "which are never loaded (torch.load with weights_only=True)") from None
+    except Exception as exc:
+        raise CheckpointError(path, f"the file is corrupt ({_one_line(exc)})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(path, f"the file holds {_describe(state)}, not a checkpoint dictionary")
+    if not (_is_int(state.get("format")) and state["format"] == FORMAT_VERSION):
+        raise CheckpointError(path, f"its format {_show(state.get('format'))} is not this program's ({FORMAT_VERSION})")
+    if not STATE_KEYS <= set(state):
+        raise CheckpointError(path, f"it lacks {_few(STATE_KEYS - set(state))}, which every checkpoint holds")
+    return state
+
+
+def _check_logger(path: str, logger) -> None:
+    if not (isinstance(logger, dict) and _is_int(logger.get("step")) and logger["step"] >= 0
+            and (logger.get("run_id") is None or isinstance(logger["run_id"], str))):
+        raise CheckpointError(path, "its logger state is not {'step': count, 'run_id': None or a wandb id}")
+
+
 def load_checkpoint(args) -> Optional[dict]:
     """The checkpoint in ``args.checkpoint_dir``, checked against ``args``; ``None`` when there is none.
 
     Without ``--resume`` an existing checkpoint is an error rather than being
     overwritten.  Temporary files left by a write that was killed are removed.
+    A file that cannot be read, or whose arguments or logger state are malformed,
+    raises ``CheckpointError``; what depends on the built run (history and number
+    of tasks, model, buffer, optimizer, generators) is checked by ``restore_run``.
     """
     directory = args.checkpoint_dir
     for stale in glob.glob(os.path.join(glob.escape(directory), f".{CHECKPOINT_FILE}.*.tmp")):
@@ -132,13 +224,16 @@ def load_checkpoint(args) -> Optional[dict]:
     path = checkpoint_path(directory)
     if not os.path.exists(path):
         return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"cannot read checkpoint {path}: {exc}") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
-        raise UserError(f"{path} is not a checkpoint of this version (format {FORMAT_VERSION})")
-    done = state["history"]["stages_done"]
+    state = _read(path)
+    history = state["history"]
+    if not (isinstance(history, dict) and _is_int(history.get("stages_done")) and history["stages_done"] >= 0):
+        raise CheckpointError(path, "its history has no count of completed tasks (stages_done)")
+    flags = state["args"]
+    if not (isinstance(flags, dict) and all(isinstance(k, str) for k in flags)
+            and all(isinstance(v, (bool, int, float, str, list, tuple, type(None))) for v in flags.values())):
+        raise CheckpointError(path, f"its arguments are {_describe(flags)}, not a dictionary of flag values")
+    _check_logger(path, state["logger"])
+    done = history["stages_done"]
     if not args.resume:
         raise UserError(f"--checkpoint_dir {directory} already holds a checkpoint ({done} task(s) done): "
                         f"add --resume to continue it, or choose another directory")
@@ -148,16 +243,141 @@ def load_checkpoint(args) -> Optional[dict]:
     return state
 
 
+def _check_history(path: str, run, history) -> None:
+    """The per-task results: complete, no more stages than the run has, and one accuracy row per stage
+    as long as the number of tasks seen at that stage."""
+    if not isinstance(history, dict) or not HISTORY_KEYS <= set(history):
+        missing = HISTORY_KEYS - set(history) if isinstance(history, dict) else ["history"]
+        raise CheckpointError(path, f"its history of completed tasks lacks {_few(missing)}")
+    n_tasks = run.dataset.N_TASKS
+    n_stages = 1 if run.model.JOINT else n_tasks
+    done = history["stages_done"]
+    if not _is_int(done) or not 0 <= done <= n_stages:
+        raise CheckpointError(path, f"it claims {_show(done)} completed stage(s), but this run has {n_stages}")
+    seen = ([n_tasks] if run.model.JOINT else list(range(1, n_tasks + 1)))[:done]
+    for key in ("rows_cil", "rows_til"):
+        rows = history[key]
+        if not (isinstance(rows, list) and all(isinstance(r, list) and all(_is_number(a) for a in r) for r in rows)
+                and [len(r) for r in rows] == seen):
+            raise CheckpointError(path, f"history: {key} is not {done} row(s) of {seen} accuracies")
+    collapse, expected = history["collapse"], done if run.args.collapse_metrics else 0
+    if not (isinstance(collapse, list) and len(collapse) == expected and all(isinstance(c, dict) for c in collapse)):
+        raise CheckpointError(path, f"history: collapse is not a list of {expected} per-task metrics")
+    if not _is_int(history["n_steps"]) or history["n_steps"] < 0:
+        raise CheckpointError(path, f"history: n_steps is {_show(history['n_steps'])}, not a count of steps")
+    for key in ("train_time_s", "wall_time_s"):
+        if not _is_number(history[key]) or history[key] < 0:
+            raise CheckpointError(path, f"history: {key} is {_show(history[key])}, not a duration in seconds")
+
+
+def _check_model(path: str, run, saved) -> None:
+    """The same parameter and buffer names, shapes and dtypes as the run's model."""
+    expected = run.model.state_dict()
+    if not isinstance(saved, dict):
+        raise CheckpointError(path, f"its model state is {_describe(saved)}, not a dictionary of tensors")
+    missing, unexpected = set(expected) - set(saved), set(saved) - set(expected)
+    if missing or unexpected:
+        raise CheckpointError(path, f"its model is not this run's, as if saved with another --model, --backbone "
+                                    f"or --classifier (missing {_few(missing) or 'none'}, unexpected "
+                                    f"{_few(unexpected) or 'none'})")
+    for name, value in expected.items():
+        stored = saved[name]
+        if not (isinstance(stored, torch.Tensor) and stored.shape == value.shape and stored.dtype == value.dtype):
+            raise CheckpointError(path, f"its model's {name!r} is {_describe(stored)}, this run's is "
+                                        f"{_describe(value)}, as if saved with another --backbone or --classifier")
+
+
+def _check_buffer(path: str, run, saved) -> None:
+    """A replay buffer of this run's --buffer_size, whose fields fit the data."""
+    buffer = run.model.buffer
+    if buffer is None:
+        if saved is not None:
+            raise CheckpointError(path, f"it holds a replay buffer, but --model {run.args.model} keeps none")
+        return
+    if not (isinstance(saved, dict) and {"size", "num_seen", "fields"} <= set(saved)
+            and _is_int(saved["num_seen"]) and saved["num_seen"] >= 0 and isinstance(saved["fields"], dict)
+            and all(isinstance(v, torch.Tensor) for v in saved["fields"].values())):
+        raise CheckpointError(path, "its replay buffer is missing or malformed")
+    if not (_is_int(saved["size"]) and saved["size"] == buffer.size):
+        raise CheckpointError(path, f"its replay buffer has size {_show(saved['size'])}, but --buffer_size is "
+                                    f"{buffer.size}, as if saved with another --buffer_size")
+    if saved["num_seen"] > 0 and not saved["fields"]:
+        raise CheckpointError(path, f"its replay buffer has seen {saved['num_seen']} samples but stores none")
+    train = run.train
+    fits = {"examples": (tuple(train.x.shape[1:]), train.x.dtype), "labels": ((), train.y.dtype),
+            "logits": ((run.dataset.num_classes,), None)}
+    for name, value in saved["fields"].items():
+        shape, dtype = fits.get(name, (tuple(value.shape[1:]), None))
+        if (tuple(value.shape) != (buffer.size + 1,) + shape) or (dtype is not None and value.dtype != dtype):
+            raise CheckpointError(path, f"its replay buffer's {_show(name)} is {_describe(value)}, which does not "
+                                        f"fit a buffer of {buffer.size} samples of this dataset")
+
+
+def _numpy_state(saved):
+    kind, keys, pos, has_gauss, gauss = saved
+    return kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss
+
+
+def _check_rng(path: str, run, saved) -> None:
+    """Every generator state is loaded into a new, throwaway generator of the same kind."""
+    if not isinstance(saved, dict) or not RNG_KEYS <= set(saved):
+        missing = RNG_KEYS - set(saved) if isinstance(saved, dict) else ["rng"]
+        raise CheckpointError(path, f"its random-generator states lack {_few(missing)}")
+    on_cuda = torch.device(run.args.device).type == "cuda"
+    if (saved["cuda"] is None) == on_cuda or not (saved["cuda"] is None or isinstance(saved["cuda"], (list, tuple))):
+        raise CheckpointError(path, "its CUDA generator states do not fit this run's --device")
+    trials = [("python", saved["python"], lambda s: random.Random().setstate(s)),
+              ("numpy", saved["numpy"], lambda s: np.random.RandomState().set_state(_numpy_state(s))),
+              ("torch", saved["torch"], lambda s: torch.Generator().set_state(s))]
+    trials += [(name, saved[name], lambda s, d=gen.device: torch.Generator(device=d).set_state(s))
+               for name, gen in _generators(run).items()]
+    trials += [(f"cuda:{i}", s, lambda s, i=i: torch.Generator(device=f"cuda:{i}").set_state(s))
+               for i, s in enumerate(saved["cuda"] or [])]
+    for name, state, load in trials:
+        try:
+            load(state)
+        except Exception as exc:
+            raise CheckpointError(path, f"its state of the {name!r} random generator is invalid "
+                                        f"({_one_line(exc)})") from None
+
+
+def _prepare_optimizer(path: str, run, state: dict):
+    """A new optimizer and scheduler holding the saved states (``None, None`` when none was saved)."""
+    if state["optimizer"] is None:
+        return None, None
+    opt = run.model.build_optimizer()
+    try:
+        opt.load_state_dict(state["optimizer"])
+    except Exception as exc:
+        raise CheckpointError(path, f"its optimizer state does not fit this run ({_one_line(exc)})") from None
+    scheduler = run.dataset.get_scheduler(opt, run.args)
+    if state["scheduler"] is not None:
+        if scheduler is None or not isinstance(state["scheduler"], dict):
+            raise CheckpointError(path, "it holds a learning-rate scheduler state this run cannot use")
+        try:
+            scheduler.load_state_dict(state["scheduler"])
+        except Exception as exc:
+            raise CheckpointError(path, f"its scheduler state does not fit this run ({_one_line(exc)})") from None
+    return opt, scheduler
+
+
 def restore_run(run, state: dict) -> None:
-    """Put the run back in the state saved after its last completed task."""
+    """Put the run back in the state saved after its last completed task.
+
+    Everything is checked against the built run first (number of tasks, model,
+    buffer, optimizer, generators): a checkpoint that does not fit raises
+    ``CheckpointError`` and leaves the run untouched.
+    """
+    path = checkpoint_path(run.args.checkpoint_dir)
+    _check_history(path, run, state["history"])
+    _check_model(path, run, state["model"])
+    _check_buffer(path, run, state["buffer"])
+    _check_rng(path, run, state["rng"])
+    opt, scheduler = _prepare_optimizer(path, run, state)
     model = run.model
     model.load_state_dict(state["model"])
     if model.buffer is not None:
         model.buffer.load_state_dict(state["buffer"])
-    if state["optimizer"] is not None:
-        model.opt = model.build_optimizer()
-        model.opt.load_state_dict(state["optimizer"])
-        run.scheduler = run.dataset.get_scheduler(model.opt, run.args)
-        if state["scheduler"] is not None:
-            run.scheduler.load_state_dict(state["scheduler"])
+    if opt is not None:
+        model.opt, run.scheduler = opt, scheduler
     restore_rng(run, state["rng"])
