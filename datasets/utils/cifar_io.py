@@ -8,6 +8,7 @@ from typing import Tuple
 import numpy as np
 import torch
 
+from datasets.utils import attempt_download, clip, describe_error, quote
 from datasets.utils.continual_dataset import Split
 from utils.errors import DataError
 
@@ -28,29 +29,78 @@ def missing_cifar_files(root: str, name: str) -> list:
 
 
 def try_download_cifar(root: str, name: str) -> str | None:
-    """Download with torchvision; return the error text when that is not possible."""
-    try:
+    """Download with torchvision; return the reason in one line when that is not possible (the folders
+    a failed attempt created are removed again when empty)."""
+    def download():
         from torchvision import datasets as tvd
         cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
         cls(root, train=True, download=True)
-    except Exception as exc:  # no network, mirror down, no permission...
-        return f"{type(exc).__name__}: {exc}".splitlines()[0]
-    return None
+
+    return attempt_download(download, cifar_folder(root, name))
+
+
+# Every global a CIFAR pickle may name: what numpy's array pickles reference (numpy 2.x names and the
+# numpy 1.x names of the original files; ``_frombuffer`` for protocol 5, ``scalar`` for numpy scalars)
+# and ``_codecs.encode`` (bytes in a protocol-2 pickle written by Python 3).  None of them runs code.
+ALLOWED_GLOBALS = frozenset(
+    [("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")]
+    + [(f"{package}.multiarray", "_reconstruct") for package in ("numpy.core", "numpy._core")]
+    + [(f"{package}.multiarray", "scalar") for package in ("numpy.core", "numpy._core")]
+    + [(f"{package}.numeric", "_frombuffer") for package in ("numpy.core", "numpy._core")]
+)
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, strings, bytes, numbers and numpy arrays only: any other global (a
+    function such as ``os.system``, a class) is refused before it is looked up, so nothing runs."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"it refers to {clip(module + '.' + name)}, which no CIFAR file "
+                                         f"does (refused, nothing was run)")
+        return super().find_class(module, name)
+
+
+def _unpickle(path: str):
+    try:
+        with open(path, "rb") as f:
+            return CifarUnpickler(f, encoding="latin1").load()
+    except Exception as exc:  # truncated, garbage, a refused global, ...: the pickle module raises many kinds
+        raise DataError(f"{path} is not a readable CIFAR batch ({describe_error(exc)})") from None
+
+
+def _integers(path: str, values, what: str, low: int, high: int, dtype) -> np.ndarray:
+    """``values`` as ``dtype`` if every one is an integer in ``low..high``; else ``DataError`` quoting
+    the first that is not (a cast would silently change it: 300.7 -> 44, 0.9 -> 0)."""
+    try:
+        array = np.asarray(values)
+    except (ValueError, TypeError) as exc:  # ragged nested lists, ...
+        raise DataError(f"{path}: its {what}s are not an array of numbers ({describe_error(exc)})") from None
+    rule = f"{what}s must be integers {low}..{high}"
+    if array.dtype.kind not in "uif":
+        raise DataError(f"{path} holds {what}s of type {array.dtype} ({rule})")
+    if array.dtype.kind == "f":  # NaN fails every comparison, infinities the range
+        ok = (array == np.round(array)) & (array >= low) & (array <= high)
+    elif array.size and (array.min() < low or array.max() > high):
+        ok = (array >= low) & (array <= high)
+    else:
+        ok = None  # integers within range: nothing to look for (the common, fast case)
+    if ok is not None and not ok.all():
+        raise DataError(f"{path} holds {what} {clip(str(array[~ok].flat[0]))} ({rule})")
+    return array.astype(dtype, copy=False)
 
 
 def _read_batch(path: str, label_key: str, num_classes: int) -> Tuple[np.ndarray, np.ndarray]:
-    try:
-        with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
-        data = np.asarray(entry["data"], dtype=np.uint8)
-        labels = np.asarray(entry[label_key], dtype=np.int64)
-    except Exception as exc:
-        raise DataError(f"{path} is not a readable CIFAR batch ({type(exc).__name__}: {exc})") from None
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
-        raise DataError(f"{path} is corrupt: data {data.shape}, {len(labels)} labels "
+    entry = _unpickle(path)
+    if not isinstance(entry, dict) or "data" not in entry or label_key not in entry:
+        found = sorted(map(str, entry))[:10] if isinstance(entry, dict) else type(entry).__name__
+        raise DataError(f"{path} is not a CIFAR batch: expected a dict with 'data' and {label_key!r}, "
+                        f"found {quote(found)}")
+    data = _integers(path, entry["data"], "pixel value", 0, 255, np.uint8)
+    labels = _integers(path, entry[label_key], "label", 0, num_classes - 1, np.int64)
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.ndim != 1 or len(data) != len(labels):
+        raise DataError(f"{path} is corrupt: data {quote(data.shape)}, labels {quote(labels.shape)} "
                         f"(expected N x 3072 and N labels)")
-    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise DataError(f"{path} holds labels outside 0..{num_classes - 1}")
     return data.reshape(-1, 3, 32, 32), labels
 
 
