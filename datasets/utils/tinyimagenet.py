@@ -10,9 +10,12 @@ Layout read (as unzipped from the official archive)::
 Class ``k`` is the ``k``-th wnid in *sorted* order (not the order of
 ``wnids.txt``).  The JPEGs are decoded once into ``uint8-cache.npz`` inside
 the folder.  The cache records a fingerprint of the sources (every file's
-name, byte size and label); it is used only when that fingerprint and the
-array shapes match and the archive reads back intact (zip CRCs), otherwise it
-is rebuilt.  The unlabelled ``test/`` folder of the archive is not used.
+name, byte size, modification time in nanoseconds and label); it is used only
+when that fingerprint and the array shapes match and the archive reads back
+intact (zip CRCs), otherwise it is rebuilt.  A file replaced by another of the
+same size *and* the same modification time (e.g. copied with its time
+preserved) is not noticed: ``rebuild_cache=True`` decodes every file again.
+The unlabelled ``test/`` folder of the archive is not used.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
+from datasets.utils import attempt_download, describe_error, quote
 from datasets.utils.continual_dataset import Split
 from utils.errors import DataError
 from utils.io import atomic_writer
@@ -35,7 +39,7 @@ URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 ARCHIVE_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
 IMAGE_SHAPE = (3, 64, 64)
 CACHE_NAME = "uint8-cache.npz"
-CACHE_FORMAT = 1  # bump when the cache's content changes meaning
+CACHE_FORMAT = 2  # bump when the cache's content changes meaning
 JPEG_SUFFIXES = (".jpeg", ".jpg")
 REQUIRED = ("wnids.txt", "train", os.path.join("val", "images"), os.path.join("val", "val_annotations.txt"))
 
@@ -50,13 +54,13 @@ def missing_tinyimagenet_files(root: str) -> List[str]:
 
 
 def try_download_tinyimagenet(root: str) -> Optional[str]:
-    """Download and unzip the official archive into ``root``; return the error text if that fails."""
-    try:
+    """Download and unzip the official archive into ``root``; return the reason in one line if that fails
+    (the folders a failed attempt created are removed again when empty)."""
+    def download():
         from torchvision.datasets.utils import download_and_extract_archive
         download_and_extract_archive(URL, root, md5=ARCHIVE_MD5)
-    except Exception as exc:  # no network, server down, no space...
-        return f"{type(exc).__name__}: {exc}".splitlines()[0]
-    return None
+
+    return attempt_download(download, tinyimagenet_folder(root))
 
 
 @dataclass
@@ -67,10 +71,12 @@ class Sources:
     test: List[Tuple[str, int]]
 
     def fingerprint(self, folder: str) -> str:
-        """A digest of every source file's relative path, byte size and label."""
+        """A digest of every source file's relative path, byte size, modification time (ns) and label."""
         digest = hashlib.sha256(f"format {CACHE_FORMAT}\n{' '.join(self.wnids)}\n".encode())
         for path, label in self.train + self.test:
-            digest.update(f"{os.path.relpath(path, folder)}\t{os.path.getsize(path)}\t{label}\n".encode())
+            stat = os.stat(path)
+            entry = f"{os.path.relpath(path, folder)}\t{stat.st_size}\t{stat.st_mtime_ns}\t{label}\n"
+            digest.update(entry.encode())
         return digest.hexdigest()
 
 
@@ -78,10 +84,31 @@ def _is_jpeg(name: str) -> bool:
     return name.lower().endswith(JPEG_SUFFIXES)
 
 
+def read_lines(path: str) -> List[str]:
+    """The lines of a UTF-8 text file; ``DataError`` naming the file if it cannot be read as such."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().split("\n")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                        f"{exc.start})") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {describe_error(exc)}") from None
+
+
+def is_plain_name(name: str) -> bool:
+    """A file or folder name that stays inside its folder: no path separator, not ``.`` or ``..``."""
+    return name not in ("", ".", "..") and "/" not in name and os.sep not in name
+
+
 def list_sources(folder: str) -> Sources:
     """List the labelled files of both splits; raise ``DataError`` on an inconsistent tree."""
-    with open(os.path.join(folder, "wnids.txt")) as f:
-        listed = [line.strip() for line in f if line.strip()]
+    wnids_file = os.path.join(folder, "wnids.txt")
+    listed = [line.strip() for line in read_lines(wnids_file) if line.strip()]
+    for wnid in listed:
+        if not is_plain_name(wnid):
+            raise DataError(f"{wnids_file}: class id {quote(wnid)} is not a plain file name "
+                            f"(it would name a folder outside {os.path.join(folder, 'train')})")
     if not listed or len(set(listed)) != len(listed):
         raise DataError(f"{os.path.join(folder, 'wnids.txt')} must list distinct class ids, one per line "
                         f"(found {len(listed)} lines, {len(set(listed))} distinct)")
@@ -98,18 +125,21 @@ def list_sources(folder: str) -> Sources:
         train += [(os.path.join(directory, n), label_of[wnid]) for n in files]
     annotations = os.path.join(folder, "val", "val_annotations.txt")
     test = []
-    with open(annotations) as f:
-        for number, line in enumerate(f, 1):
-            fields = line.split("\t")
-            if not line.strip():
-                continue
-            if len(fields) < 2 or fields[1].strip() not in label_of:
-                raise DataError(f"{annotations} line {number}: expected '<file>\\t<wnid listed in wnids.txt>', "
-                                f"got {line.strip()!r}")
-            path = os.path.join(folder, "val", "images", fields[0].strip())
-            if not os.path.isfile(path):
-                raise DataError(f"{annotations} line {number} names {path}, which does not exist")
-            test.append((path, label_of[fields[1].strip()]))
+    for number, line in enumerate(read_lines(annotations), 1):
+        fields = line.split("\t")
+        if not line.strip():
+            continue
+        if len(fields) < 2 or fields[1].strip() not in label_of:
+            raise DataError(f"{annotations} line {number}: expected '<file>\\t<wnid listed in wnids.txt>', "
+                            f"got {quote(line.strip())}")
+        name = fields[0].strip()
+        if not is_plain_name(name):
+            raise DataError(f"{annotations} line {number}: {quote(name)} is not a plain file name "
+                            f"(validation images must be in {os.path.join(folder, 'val', 'images')})")
+        path = os.path.join(folder, "val", "images", name)
+        if not os.path.isfile(path):
+            raise DataError(f"{annotations} line {number} names {quote(path)}, which does not exist")
+        test.append((path, label_of[fields[1].strip()]))
     if not test:
         raise DataError(f"{annotations} lists no validation images")
     test.sort()
@@ -123,7 +153,7 @@ def decode_jpeg(path: str) -> np.ndarray:
         with Image.open(path) as img:
             pixels = np.asarray(img.convert("RGB"))  # convert() decodes fully: truncation is caught here
     except (OSError, SyntaxError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
-        raise DataError(f"{path} is not a readable image ({type(exc).__name__}: {exc})") from None
+        raise DataError(f"{path} is not a readable image ({describe_error(exc)})") from None
     if pixels.shape != IMAGE_SHAPE[1:] + IMAGE_SHAPE[:1]:
         raise DataError(f"{path} is {pixels.shape[1]}x{pixels.shape[0]} pixels; TinyImageNet images are 64x64")
     return pixels.transpose(2, 0, 1)
@@ -163,8 +193,13 @@ def write_cache(path: str, fingerprint: str, arrays: dict) -> None:
         np.savez(f, fingerprint=np.array(fingerprint), **arrays)
 
 
-def load_tinyimagenet(root: str, download: bool = True, log=None) -> Tuple[Split, Split, List[str]]:
-    """Train and test (official validation) splits as uint8 N x 3 x 64 x 64, and the sorted wnids."""
+def load_tinyimagenet(root: str, download: bool = True, log=None,
+                      rebuild_cache: bool = False) -> Tuple[Split, Split, List[str]]:
+    """Train and test (official validation) splits as uint8 N x 3 x 64 x 64, and the sorted wnids.
+
+    ``rebuild_cache=True`` ignores the cache, decodes every JPEG again and rewrites the cache: the
+    check of the files' content that the fingerprint (names, sizes, times) cannot make.
+    """
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     folder = tinyimagenet_folder(root)
     if missing_tinyimagenet_files(root):
@@ -176,7 +211,10 @@ def load_tinyimagenet(root: str, download: bool = True, log=None) -> Tuple[Split
     sources = list_sources(folder)
     fingerprint = sources.fingerprint(folder)
     cache = os.path.join(folder, CACHE_NAME)
-    arrays, reason = read_cache(cache, fingerprint, sources)
+    if rebuild_cache:
+        arrays, reason = None, "rebuild_cache requested: every JPEG is decoded again"
+    else:
+        arrays, reason = read_cache(cache, fingerprint, sources)
     if arrays is None:
         log(f"TinyImageNet: decoding {len(sources.train) + len(sources.test)} JPEG files into {cache} ({reason})")
         train_x, train_y = decode_split(sources.train)
