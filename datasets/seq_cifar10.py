@@ -26,5 +26,5 @@ class SequentialCIFAR10(ContinualDataset):
     TRANSFORM = DeviceTransform(scale=255.0, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2615),
                                 crop_padding=4, flip=True)
 
-    def load_splits(self):
+    def read_splits(self):
         return load_cifar(self.data_path, self.CIFAR_VARIANT)

@@ -35,7 +35,7 @@ class SequentialDigits(ContinualDataset):
     CPU_THREADS = 1  # an MLP at batch 10 is too small for intra-op threads to pay off (measured: ~1.6x faster)
     TRANSFORM = DeviceTransform(scale=16.0)  # pixel values are 0..16
 
-    def load_splits(self):
+    def read_splits(self):
         from sklearn.datasets import load_digits
         digits = load_digits()
         images = digits.images.astype(np.uint8)[:, None]  # (N, 1, 8, 8), values 0..16

@@ -7,20 +7,21 @@ import numpy as np
 import torch
 
 from datasets import register_dataset
+from datasets.utils import attempt_download
 from datasets.utils.continual_dataset import ContinualDataset, Split
 from datasets.utils.idx import MNIST_FILES, find_file, read_idx
 from utils.errors import DataError
 
 
 def try_download_mnist(root: str) -> str | None:
-    """Download MNIST with torchvision; return the error text if that is not possible."""
-    try:
+    """Download MNIST with torchvision into ``root``/MNIST/raw; return the reason in one line if that fails
+    (the folders a failed attempt created are removed again when empty)."""
+    def download():
         from torchvision.datasets import MNIST
         MNIST(root, train=True, download=True)
         MNIST(root, train=False, download=True)
-    except Exception as exc:  # no network, mirror down, no write permission...
-        return f"{type(exc).__name__}: {exc}".splitlines()[0]
-    return None
+
+    return attempt_download(download, os.path.join(root, "MNIST", "raw"))
 
 
 def load_mnist_split(raw_dir: str, images_stem: str, labels_stem: str) -> Split:
@@ -54,7 +55,7 @@ class SequentialMNIST(ContinualDataset):
         stems = [s for pair in MNIST_FILES.values() for s in pair]
         return [s for s in stems if find_file(self.raw_dir(), s) is None]
 
-    def load_splits(self):
+    def read_splits(self):
         if self.missing_files():
             problem = try_download_mnist(self.data_path)
             missing = self.missing_files()

@@ -14,7 +14,8 @@ class SequentialTinyImageNet(ContinualDataset):
 
     Classes are numbered in sorted wnid order, so task ``t`` holds the sorted
     classes ``20t .. 20t+19``.  Augmentation: random crop (zero padding 4),
-    horizontal flip, per-channel normalisation.
+    horizontal flip, per-channel normalisation.  ``rebuild_cache=True`` decodes every JPEG again
+    and rewrites the cache (see ``datasets/utils/tinyimagenet.py``).
     """
 
     N_TASKS = 10
@@ -26,8 +27,8 @@ class SequentialTinyImageNet(ContinualDataset):
     TRANSFORM = DeviceTransform(scale=255.0, mean=(0.4802, 0.4480, 0.3975), std=(0.2770, 0.2691, 0.2821),
                                 crop_padding=4, flip=True)
 
-    def load_splits(self):
-        train, test, wnids = load_tinyimagenet(self.data_path)
+    def read_splits(self):
+        train, test, wnids = load_tinyimagenet(self.data_path, rebuild_cache=self.rebuild_cache)
         if len(wnids) != self.num_classes:
             raise DataError(f"{tinyimagenet_folder(self.data_path)}/wnids.txt lists {len(wnids)} classes; "
                             f"seq-tinyimg needs {self.num_classes}")

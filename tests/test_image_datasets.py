@@ -175,9 +175,11 @@ def test_crop_offsets_and_flips_are_uniform_independent_and_exact():
 
 # ----------------------------------------------------------------------------- CIFAR files
 
-@pytest.mark.parametrize("name, variant", [("seq-cifar10", "cifar10"), ("seq-cifar100", "cifar100")])
-def test_cifar_datasets_read_torchvision_layout(tmp_path, name, variant):
-    x_tr, y_tr, x_te, y_te = write_tiny_cifar(tmp_path, variant, 2, [0, 3, 9])
+@pytest.mark.parametrize("name, variant, test_classes", [
+    ("seq-cifar10", "cifar10", [0, 3, 9, 5, 6]),  # one test image per task (a task without one is refused)
+    ("seq-cifar100", "cifar100", [0, 13, 29, 35, 41, 57, 62, 78, 84, 99])])
+def test_cifar_datasets_read_torchvision_layout(tmp_path, name, variant, test_classes):
+    x_tr, y_tr, x_te, y_te = write_tiny_cifar(tmp_path, variant, 2, test_classes)
     train, test = get_dataset_class(name)(str(tmp_path)).load_splits()
     assert train.x.dtype == torch.uint8 and train.x.shape == (len(y_tr), 3, 32, 32)
     np.testing.assert_array_equal(train.x.numpy(), x_tr)

@@ -7,6 +7,7 @@ from typing import Optional, Tuple
 import torch
 
 from datasets.utils.transforms import DeviceTransform
+from utils.errors import DataError
 
 
 @dataclass
@@ -26,10 +27,14 @@ class Split:
 class ContinualDataset:
     """A benchmark whose tasks are consecutive blocks of ``N_CLASSES_PER_TASK`` classes.
 
-    Subclasses set the class attributes and implement ``load_splits`` returning
-    the full train and test splits (on the CPU); the trainer moves them to the
-    run's device and slices tasks by label.  The protocol defaults
-    (``N_EPOCHS``, ``BATCH_SIZE``) apply when the command line does not set them.
+    Subclasses set the class attributes and implement ``read_splits`` returning
+    the full train and test splits (on the CPU); ``load_splits`` (what the
+    trainer calls) reads them and refuses labels outside the benchmark's classes
+    and tasks without a training or test sample, so every benchmark gets those
+    checks.  The trainer moves the splits to the run's device and slices tasks by
+    label.  The protocol defaults (``N_EPOCHS``, ``BATCH_SIZE``) apply when the
+    command line does not set them.  ``rebuild_cache`` asks a benchmark that keeps
+    a decoded cache of its files to decode them again (the others ignore it).
     """
 
     NAME: str = ""
@@ -42,15 +47,45 @@ class ContinualDataset:
     TRANSFORM: DeviceTransform = DeviceTransform(scale=255.0)
     CPU_THREADS: Optional[int] = None  # torch threads for CPU runs; None keeps torch's default
 
-    def __init__(self, data_path: str):
+    def __init__(self, data_path: str, rebuild_cache: bool = False):
         self.data_path = data_path
+        self.rebuild_cache = rebuild_cache
 
     @property
     def num_classes(self) -> int:
         return self.N_TASKS * self.N_CLASSES_PER_TASK
 
-    def load_splits(self) -> Tuple[Split, Split]:
+    def read_splits(self) -> Tuple[Split, Split]:
+        """The full train and test splits as the benchmark's files hold them."""
         raise NotImplementedError
+
+    def load_splits(self) -> Tuple[Split, Split]:
+        """The train and test splits; ``DataError`` when a label or a task is wrong (see ``check_split``)."""
+        train, test = self.read_splits()
+        self.check_split(train, "training")
+        self.check_split(test, "test")
+        return train, test
+
+    def check_split(self, split: Split, name: str) -> None:
+        """Refuse labels outside the benchmark's classes and tasks that have no sample in ``split``."""
+        where = f"{self.NAME or type(self).__name__} ({self.data_path})"
+        labels = split.y.long()
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
+            raise DataError(f"{where}: the {name} split holds label {bad}, outside the benchmark's "
+                            f"classes 0..{self.num_classes - 1}")
+        per_task = torch.bincount(labels // self.N_CLASSES_PER_TASK, minlength=self.N_TASKS)
+        empty = [t for t in range(self.N_TASKS) if per_task[t] == 0]
+        if empty:
+            tasks = ", ".join(f"task {t + 1} ({self.classes_text(t)})" for t in empty[:5])
+            more = f" and {len(empty) - 5} more" if len(empty) > 5 else ""
+            raise DataError(f"{where}: the {name} split has no samples of {tasks}{more}; "
+                            f"every task of {self.N_TASKS} needs training and test samples")
+
+    def classes_text(self, task: int) -> str:
+        first = task * self.N_CLASSES_PER_TASK
+        last = first + self.N_CLASSES_PER_TASK - 1
+        return f"class {first}" if first == last else f"classes {first}-{last}"
 
     def get_scheduler(self, optimizer: torch.optim.Optimizer, args) -> Optional[object]:
         """A per-task learning-rate scheduler stepped once per epoch (none by default)."""
