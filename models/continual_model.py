@@ -34,7 +34,7 @@ class ContinualModel(nn.Module):
     NAME: str = ""
     USES_BUFFER: bool = False   # rehearsal methods need --buffer_size > 0
     JOINT: bool = False         # trained once on all tasks together (the upper bound)
-    HYPERPARAMETERS: tuple = ("lr",)  # flags that must be set (on the command line or by --load_best_args)
+    FLAGS: dict = {}            # the method's own flags: name -> utils.cli.Flag (collected by the parser)
 
     def __init__(self, net: nn.Module, args, setting: Setting):
         super().__init__()

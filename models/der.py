@@ -6,8 +6,7 @@ from models.derpp import DERpp
 class DER(DERpp):
     """Dark Experience Replay: DER++ without the label-replay term (beta = 0)."""
 
-    HYPERPARAMETERS = ("lr", "minibatch_size", "alpha")
-    ALIASES = {}
+    FLAGS = {"alpha": DERpp.FLAGS["alpha"]}
 
     def replay_label_weight(self) -> float:
         return 0.0

@@ -3,6 +3,7 @@ import torch.nn.functional as F
 
 from models import register_model
 from models.continual_model import ContinualModel
+from utils.cli import Flag, non_negative
 
 
 @register_model("derpp")
@@ -19,11 +20,9 @@ class DERpp(ContinualModel):
     """
 
     USES_BUFFER = True
-    HYPERPARAMETERS = ("lr", "minibatch_size", "alpha", "beta")
-    ALIASES = {
-        "derppmr": {"classifier": "fc", "masked_softmax": 1},
-        "orthderppmr": {"classifier": "fno", "masked_softmax": 1},
-        "orthderpp": {"classifier": "fno", "masked_softmax": 0},
+    FLAGS = {
+        "alpha": Flag(non_negative(float), None, "weight of the logit-replay (MSE) term", required=True),
+        "beta": Flag(non_negative(float), None, "weight of the label-replay (CE) term", required=True),
     }
 
     def replay_label_weight(self) -> float:

@@ -19,12 +19,6 @@ class ER(ContinualModel):
     """
 
     USES_BUFFER = True
-    HYPERPARAMETERS = ("lr", "minibatch_size")
-    ALIASES = {
-        "ermr": {"classifier": "fc", "masked_softmax": 1},
-        "orthermr": {"classifier": "fno", "masked_softmax": 1},
-        "orther": {"classifier": "fno", "masked_softmax": 0},
-    }
 
     def replay_batch(self):
         buf_x, buf_y = self.buffer.sample(self.args.minibatch_size, "examples", "labels")

@@ -13,7 +13,7 @@ import os
 import sys
 
 from backbone import backbone_names
-from backbone.heads import HEADS
+from backbone.heads import get_head_class, head_names
 from datasets import dataset_names, get_dataset_class
 from models import get_model_class, model_aliases, model_names
 from utils.best_args import best_args
@@ -28,7 +28,7 @@ DEFAULT_ARGV = ["--dataset", "seq-digits", "--model", "er", "--classifier", "fno
 DEFAULTS = {
     "classifier": "fc", "masked_softmax": 0, "buffer_size": 0, "seed": 0, "data_path": "data",
     "load_best_args": False, "nowand": 0, "amp": "none", "channels_last": 0, "compile": 0,
-    "collapse_metrics": 0, "alpha": None, "beta": None, "results_file": None, "results_dir": None,
+    "collapse_metrics": 0, "results_file": None, "results_dir": None,
     "wandb_project": None, "wandb_entity": None, "wandb_name": None, "checkpoint_dir": None, "resume": False,
 }
 
@@ -58,7 +58,9 @@ def build_parser() -> OneLineParser:
                    help="method (required); aliases: " + ", ".join(
                        f"{a}={n}+{'/'.join(f'{k}={v}' for k, v in f.items())}" for a, (n, f) in sorted(aliases.items())))
     g.add_argument("--backbone", choices=backbone_names(), help="default: the dataset's")
-    g.add_argument("--classifier", choices=HEADS, help="head: fc (learnable, bias) or fno (fixed non-negative orthogonal); default fc")
+    g.add_argument("--classifier", choices=head_names(),
+                   help="head (default fc): fc (learnable, with bias), fno (fixed non-negative orthogonal), etf "
+                        "(fixed simplex ETF), orth (fixed signed orthogonal); note the demo (no arguments) runs fno")
     g.add_argument("--masked_softmax", type=binary, metavar="{0,1}",
                    help="1: the authors' masked methods (stream logits masked to the sample's task; ER/DER++ with "
                         "separate stream and replay passes, DER++ storing post-step logits); 0 (default): Mammoth's "
@@ -72,8 +74,6 @@ def build_parser() -> OneLineParser:
     h.add_argument("--minibatch_size", type=positive(int), help="replay batch size (default: --batch_size)")
     h.add_argument("--batch_size", type=positive(int), help="stream batch size (default: the dataset's)")
     h.add_argument("--n_epochs", type=positive(int), help="epochs per task (default: the dataset's)")
-    h.add_argument("--alpha", type=non_negative(float), help="DER/DER++ logit-replay weight")
-    h.add_argument("--beta", type=non_negative(float), help="DER++ label-replay weight")
     r = p.add_argument_group("run")
     r.add_argument("--seed", type=seed, help="seed of every random stream (default 0)")
     r.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -98,7 +98,31 @@ def build_parser() -> OneLineParser:
                         "(CUDA graphs on CUDA)")
     s.add_argument("--num_threads", type=positive(int, high=os.cpu_count() or 1),
                    help="CPU threads for torch (default: the dataset's choice, else torch's)")
+    for owners, flags in owned_flags().items():
+        group = p.add_argument_group(f"flags of {', '.join(owners)}")
+        for name, flag in flags.items():
+            default = "" if flag.default is None else f" (default {flag.default})"
+            group.add_argument(f"--{name}", type=flag.type, metavar=flag.metavar,
+                               help=flag.help + (" (required)" if flag.required else default))
     return p
+
+
+def flag_owners() -> dict:
+    """flag name -> (its Flag, the names of the methods and heads declaring it), over every registered class."""
+    owners: dict = {}
+    classes = [(n, get_model_class(n)) for n in model_names()] + [(n, get_head_class(n)) for n in head_names()]
+    for owner, cls in classes:
+        for name, flag in cls.FLAGS.items():
+            owners.setdefault(name, (flag, []))[1].append(owner)
+    return owners
+
+
+def owned_flags() -> dict:
+    """(owner names) -> {flag name: Flag}: the flags that methods and heads declare, grouped for --help."""
+    groups: dict = {}
+    for name, (flag, owners) in flag_owners().items():
+        groups.setdefault(tuple(owners), {})[name] = flag
+    return groups
 
 
 def parse_args(argv: list | None = None) -> argparse.Namespace:
@@ -151,7 +175,18 @@ def resolve(ns: argparse.Namespace) -> argparse.Namespace:
     if model_cls.USES_BUFFER and values["buffer_size"] <= 0:
         raise ValueError(f"--model {explicit['model']} replays from a buffer: give --buffer_size > 0 "
                          f"(got {values['buffer_size']})")
-    missing = [h for h in model_cls.HYPERPARAMETERS if values.get(h) is None]
+    own = {**model_cls.FLAGS, **get_head_class(values["classifier"]).FLAGS}
+    for name, (flag, owners) in flag_owners().items():
+        if name in own:
+            if values.get(name) is None:
+                values[name] = flag.default
+        elif name in explicit:
+            raise ValueError(f"--{name} is a flag of {', '.join(owners)}, not of --model {model} "
+                             f"--classifier {values['classifier']}")
+        else:
+            values[name] = None
+    missing = ["lr"] * (values.get("lr") is None) + [n for n, f in model_cls.FLAGS.items()
+                                                      if f.required and values.get(n) is None]
     if missing:
         raise ValueError(f"--model {explicit['model']} needs " + ", ".join(f"--{m}" for m in missing)
                          + " (give it, or use --load_best_args)")

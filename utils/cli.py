@@ -7,10 +7,27 @@ from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 import torch
 
 INT64_MAX = 2 ** 63 - 1
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A flag a method or head declares in its own file (``FLAGS = {"alpha": Flag(...)}``).
+
+    ``required``: the run needs a value, from the command line or ``--load_best_args``
+    (a hyper-parameter with no sensible default).  The parser collects every
+    registered class's flags and shows them grouped by the classes that use them.
+    """
+    type: Callable[[str], Any]
+    default: Any = None
+    help: str = ""
+    required: bool = False
+    metavar: Optional[str] = None
 
 
 class OneLineParser(argparse.ArgumentParser):
