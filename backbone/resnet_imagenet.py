@@ -3,6 +3,9 @@
 The classification layer is removed: features are the global average of the
 last stage's post-ReLU output (D = 2048).  torchvision is imported when a
 network is built, not when the backbone registry is discovered.
+The torchvision network keeps torchvision's parameter names under ``.net``,
+so a torchvision state-dict file loads into ``.net`` as it is
+(``main_lt.py --pretrained``).
 """
 import torch
 from torch import nn

@@ -1,12 +1,13 @@
 """Training throughput of the long-tail arms on synthetic CIFAR-shaped data (no files, no network).
 
 Times the real training step of ``main_lt.py`` - device-resident batch gather,
-on-device crop + flip + normalisation, the arm's mixing and loss, backward and
-SGD - after a warm-up, for every arm and every requested speed-flag
-combination, and prints images/s, ms/step and peak memory::
+on-device crop + flip + normalisation, the arm's mixing and loss, the clean
+batch-norm pass of the mixing arms, backward and SGD - after a warm-up, for
+every arm and every requested speed-flag combination, and prints images/s,
+ms/step and peak memory::
 
     python benchmarks/lt_throughput.py --device cpu --steps 10
-    python benchmarks/lt_throughput.py --device cuda --amp none bf16 --channels_last 0 1
+    python benchmarks/lt_throughput.py --device cuda --amp none bf16 fp16 --channels_last 0 1
 
 Peak memory is the device's peak allocation on CUDA and the process's peak
 resident set size on the CPU (which only grows, so later rows include earlier ones).
@@ -102,7 +103,8 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=int, default=None, help="resnet32 width (default: the dataset's)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (cuDNN autotuning, allocator)")
-    p.add_argument("--amp", nargs="+", default=["none"], choices=("none", "bf16"))
+    p.add_argument("--amp", nargs="+", default=["none"], choices=("none", "bf16", "fp16"),
+                   help="autocast precisions to time (fp16: with a GradScaler, CUDA only)")
     p.add_argument("--channels_last", nargs="+", type=int, default=[0], choices=(0, 1))
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     opts = p.parse_args(argv)
@@ -112,12 +114,12 @@ def main(argv=None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"{opts.dataset} shape, ResNet-32, batch {opts.batch_size}, {opts.steps} timed steps after "
           f"{opts.warmup}, on {name}, torch {torch.__version__}")
-    print(f"{'method':<10} {'amp':<5} {'ch_last':>7} {'width':>5} {'images/s':>10} {'ms/step':>9} {'peak MiB':>9}")
+    print(f"{'method':<12} {'amp':<5} {'ch_last':>7} {'width':>5} {'images/s':>10} {'ms/step':>9} {'peak MiB':>9}")
     for method in opts.methods:
         for amp in opts.amp:
             for cl in opts.channels_last:
                 r = measure(method, amp, cl, opts)
-                print(f"{r['method']:<10} {r['amp']:<5} {r['channels_last']:>7} {r['width']:>5} "
+                print(f"{r['method']:<12} {r['amp']:<5} {r['channels_last']:>7} {r['width']:>5} "
                       f"{r['images_s']:>10.1f} {r['ms_step']:>9.1f} {r['peak_mib']:>9.0f}", flush=True)
     return 0
 

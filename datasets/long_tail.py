@@ -13,6 +13,11 @@ These are not continual benchmarks: they live in their own registry
 * ``imagenet-lt`` / ``places-lt``: the standard split lists under
   ``--data_path`` (one "relative/path label" per line, paths relative to
   ``--data_path``); the images are decoded by DataLoader workers.
+
+Each class also carries the authors' protocol (khyong/FNO-classifier,
+``fno_lt/configs``): ``PRESET`` (what ``main_lt.py --load_best_args`` sets),
+the many / medium / few rank ranges of the paper's table, and the
+normalisation constants.
 """
 from __future__ import annotations
 
@@ -32,9 +37,12 @@ LT_DATASETS: dict = {}
 register_lt_dataset = registrar(LT_DATASETS, "long-tail dataset")
 
 SUBSET_SEED = 0  # which images a CIFAR-LT class keeps is part of the benchmark, not of the run
-MANY_SHOT_ABOVE = 100  # many: more than 100 training images; few: fewer than 20; medium: the rest
+MANY_SHOT_ABOVE = 100  # "counts" groups: many: more than 100 training images; few: fewer than 20; medium: the rest
 FEW_SHOT_BELOW = 20
+SHOT_GROUP_DEFINITIONS = ("paper", "counts")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# The authors normalise CIFAR-10-LT and CIFAR-100-LT alike with these (their imbalance_cifar.py).
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
 
 def get_lt_dataset_class(name: str) -> type:
@@ -73,13 +81,38 @@ def long_tail_subset(labels: np.ndarray, counts: Sequence[int], seed: int) -> np
     return np.sort(np.concatenate(keep))
 
 
-def shot_groups(class_counts: Sequence[int]) -> dict:
-    """Class indices of the many- (> 100 training images), medium- (20..100) and few-shot (< 20) groups."""
-    groups = {"many": [], "medium": [], "few": []}
-    for c, n in enumerate(class_counts):
-        key = "many" if n > MANY_SHOT_ABOVE else "few" if n < FEW_SHOT_BELOW else "medium"
-        groups[key].append(c)
-    return groups
+def shot_groups(class_counts: Sequence[int], definition: str = "counts",
+                rank_bounds: Optional[Tuple[int, int]] = None) -> dict:
+    """Class indices (ascending) of the many-, medium- and few-shot groups.
+
+    ``counts``: more than 100 / 20 to 100 / fewer than 20 training images.
+    ``paper``: the authors' split - classes ranked by training count
+    (descending, ties by class index), then ranks [0, r1), [r1, r2) and
+    [r2, K) for ``rank_bounds`` = (r1, r2).
+    """
+    if definition == "counts":
+        groups = {"many": [], "medium": [], "few": []}
+        for c, n in enumerate(class_counts):
+            groups["many" if n > MANY_SHOT_ABOVE else "few" if n < FEW_SHOT_BELOW else "medium"].append(c)
+        return groups
+    if definition != "paper":
+        raise UserError(f"unknown --shot_groups {definition!r}; valid choices: {', '.join(SHOT_GROUP_DEFINITIONS)}")
+    if rank_bounds is None:
+        raise UserError("--shot_groups paper: the paper fixes no many/medium/few ranks for this dataset; "
+                        "use --shot_groups counts")
+    r1, r2 = rank_bounds
+    ranked = sorted(range(len(class_counts)), key=lambda c: (-class_counts[c], c))
+    return {"many": sorted(ranked[:r1]), "medium": sorted(ranked[r1:r2]), "few": sorted(ranked[r2:])}
+
+
+def describe_shot_groups(definition: str, rank_bounds: Optional[Tuple[int, int]], num_classes: int) -> str:
+    """One sentence naming the group definition, for the results file."""
+    if definition == "counts":
+        return (f"counts: many = more than {MANY_SHOT_ABOVE} training images, medium = {FEW_SHOT_BELOW} to "
+                f"{MANY_SHOT_ABOVE}, few = fewer than {FEW_SHOT_BELOW}")
+    r1, r2 = rank_bounds
+    return (f"paper: classes ranked by training count (descending, ties by class index); many = ranks [0, {r1}), "
+            f"medium = [{r1}, {r2}), few = [{r2}, {num_classes}) (the authors' class_index ranges)")
 
 
 class LongTailDataset:
@@ -101,6 +134,10 @@ class LongTailDataset:
     RESIDENT: bool = True
     TAKES_IMBALANCE_RATIO: bool = False
     TRANSFORM: DeviceTransform = DeviceTransform(scale=255.0)
+    SHOT_RANKS: Optional[Tuple[int, int]] = None  # the paper's many/medium/few rank boundaries (None: not fixed)
+    DR_NORM_PENALTY: float = 0.0  # etf-dr: weight of mean |z| added to dot regression (the authors' reg_lam)
+    PRESET: dict = {}             # --load_best_args: the authors' config for every arm
+    PRESET_ARMS: dict = {}        # ... and per --method, on top of PRESET
 
     def __init__(self, data_path: str, imbalance_ratio: Optional[float] = None):
         if imbalance_ratio is not None and not self.TAKES_IMBALANCE_RATIO:
@@ -120,6 +157,11 @@ class CifarLongTail(LongTailDataset):
     BACKBONE = "resnet32"
     TAKES_IMBALANCE_RATIO = True
     DEFAULT_IMBALANCE_RATIO = 100.0
+    TRANSFORM = DeviceTransform(255.0, mean=CIFAR_MEAN, std=CIFAR_STD, crop_padding=4, flip=True)
+    # The authors' CIFAR-LT configs, every arm: these are main_lt.py's defaults too.
+    PRESET = {"n_epochs": 200, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4,
+              "schedule": "step", "warmup_epochs": 5, "lr_milestones": [160, 180], "lr_decay": 0.1,
+              "mixup_alpha": 1.0, "amp": "none"}
 
     def __init__(self, data_path: str, imbalance_ratio: Optional[float] = None):
         super().__init__(data_path, imbalance_ratio)
@@ -143,8 +185,7 @@ class Cifar10LongTail(CifarLongTail):
     CIFAR = "cifar10"
     NUM_CLASSES = 10
     BACKBONE_WIDTH = 16  # ResNet-32 with 16 base channels: D = 64
-    TRANSFORM = DeviceTransform(255.0, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
-                                crop_padding=4, flip=True)
+    SHOT_RANKS = (3, 7)
 
 
 @register_lt_dataset("cifar100-lt")
@@ -152,8 +193,7 @@ class Cifar100LongTail(CifarLongTail):
     CIFAR = "cifar100"
     NUM_CLASSES = 100
     BACKBONE_WIDTH = 32  # 32 base channels: D = 128 >= 100 classes, so that the FNO head fits
-    TRANSFORM = DeviceTransform(255.0, mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
-                                crop_padding=4, flip=True)
+    SHOT_RANKS = (36, 71)
 
 
 def read_split_list(path: str, num_classes: int) -> List[Tuple[str, int, int]]:
@@ -220,7 +260,13 @@ class ImageListLongTail(LongTailDataset):
     RESIDENT = False
     INPUT_SHAPE = (3, 224, 224)
     SCHEDULE = "cosine"
-    TRANSFORM = DeviceTransform(255.0, mean=IMAGENET_MEAN, std=IMAGENET_STD)  # decoding and cropping in workers
+    # Decoding, cropping and colour jitter in the workers; Places-LT too is normalised with ImageNet's
+    # constants, as the authors' dataset code does (their Places config's own constants are not used).
+    TRANSFORM = DeviceTransform(255.0, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    DR_NORM_PENALTY = 0.01
+    # The authors' ImageNet-LT / Places-LT configs: cosine to 0 over all epochs, no warm-up, fp16.
+    PRESET = {"batch_size": 256, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine",
+              "warmup_epochs": 0, "mixup_alpha": 0.2, "color_jitter": 0.4, "amp": "fp16"}
 
     def input_shape(self, image_size: int) -> Tuple[int, ...]:
         return (3, image_size, image_size)
@@ -228,10 +274,14 @@ class ImageListLongTail(LongTailDataset):
     def list_path(self, split: str) -> str:
         return os.path.join(self.data_path, f"{self.LIST_PREFIX}_{split}.txt")
 
-    def load_files(self, image_size: int):
-        """(train Dataset, test Dataset, training-set class counts); images come out as uint8 tensors."""
+    def load_files(self, image_size: int, color_jitter: float = 0.0):
+        """(train Dataset, test Dataset, training-set class counts); images come out as uint8 tensors.
+
+        ``color_jitter`` > 0 adds ColorJitter(brightness=contrast=saturation=color_jitter, hue=0) to training.
+        """
         from torchvision import transforms as T
-        train_tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.PILToTensor()])
+        jitter = [T.ColorJitter(color_jitter, color_jitter, color_jitter, 0)] if color_jitter > 0 else []
+        train_tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), *jitter, T.PILToTensor()])
         test_tf = T.Compose([T.Resize(round(image_size * 256 / 224)), T.CenterCrop(image_size), T.PILToTensor()])
         sets = []
         for split, tf in (("train", train_tf), ("test", test_tf)):
@@ -250,6 +300,9 @@ class ImageNetLongTail(ImageListLongTail):
     LIST_PREFIX = "ImageNet_LT"
     NUM_CLASSES = 1000
     BACKBONE = "resnet50"
+    SHOT_RANKS = (390, 835)
+    PRESET = dict(ImageListLongTail.PRESET, backbone="resnet50", n_epochs=180)
+    PRESET_ARMS = {"arc-mixup": {"mixup_alpha": 5.0}}
 
 
 @register_lt_dataset("places-lt")
@@ -257,3 +310,5 @@ class PlacesLongTail(ImageListLongTail):
     LIST_PREFIX = "Places_LT"
     NUM_CLASSES = 365
     BACKBONE = "resnet152"
+    SHOT_RANKS = (131, 288)
+    PRESET = dict(ImageListLongTail.PRESET, backbone="resnet152", n_epochs=90)

@@ -1,4 +1,7 @@
-"""Losses and mixing rules of the long-tailed arms: arc-mixup, standard mixup, simplex ETF + dot regression.
+"""Losses and mixing rules of the long-tailed arms: arc-mixup, standard mixup, ETF dot regression.
+
+Each follows the authors' released code (khyong/FNO-classifier, ``fno_lt``);
+docs/long_tail.md lists the file each rule comes from.
 
 Every random draw takes an explicit generator (device tensors) or a NumPy
 ``Generator`` (the per-batch mixing coefficient, a host scalar), so a run's
@@ -14,11 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils.errors import UserError
 
-# -log(q_hat . h_hat) is infinite when the feature has no mass on the dimensions of the
-# pair's classes (possible with post-ReLU features); the dot product is clamped here.
-ARC_LOSS_FLOOR = 1e-7
+# Added inside the log of the arc-mixup loss, as the authors do: a feature with no mass on the pair's
+# dimensions gives a large finite loss, and (unlike a clamp) the gradient never vanishes.
+ARC_LOSS_EPS = 1e-18
+# The dot-regression loss divides by the detached feature norm, floored as the authors floor it.
+DR_NORM_FLOOR = 1e-8
 
 
 def uniform_choice(allowed: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -86,15 +90,13 @@ def arc_mixup_batch(x: torch.Tensor, labels: torch.Tensor, q: torch.Tensor, lam:
 
 
 def arc_mixup_loss(h: torch.Tensor, q_hat: torch.Tensor, feature_mask: torch.Tensor) -> torch.Tensor:
-    """-log(q_hat . h_hat), h_hat = the L2-normalised feature with absent classes' dimensions zeroed.
+    """-mean(log(q_hat . h_hat + 1e-18)), h_hat = the L2-normalised feature with absent classes' dimensions zeroed.
 
-    ``h`` (n x D) are post-ReLU features, so q_hat . h_hat lies in [0, 1]; it
-    is clamped at ``ARC_LOSS_FLOOR`` so that a feature with no mass on the
-    pair's dimensions gives a large finite loss instead of infinity.
+    ``h`` (n x D) are post-ReLU features, so q_hat . h_hat lies in [0, 1].
     """
     h_hat = F.normalize(h.float() * feature_mask, dim=1)
     dot = (q_hat.float() * h_hat).sum(1)
-    return -dot.clamp(min=ARC_LOSS_FLOOR).log().mean()
+    return -(dot + ARC_LOSS_EPS).log().mean()
 
 
 def mixup_batch(x: torch.Tensor, labels: torch.Tensor, lam: float, generator: torch.Generator):
@@ -114,32 +116,36 @@ def draw_lambda(rng: np.random.Generator, alpha: float) -> float:
     return float(rng.beta(alpha, alpha))
 
 
-def simplex_etf(num_classes: int, feature_dim: int, generator: torch.Generator) -> torch.Tensor:
-    """A simplex equiangular tight frame, K x D (one unit-norm row per class).
+def class_balancing_scale(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-class prototype lengths E_W (K,): sqrt((B / C) / n_c) for each class c in the batch, 1 otherwise.
 
-    M = sqrt(K / (K - 1)) * U (I_K - 1 1^T / K) with U a random D x K matrix of
-    orthonormal columns; the rows of M^T have unit norm and pairwise cosine
-    -1 / (K - 1), the geometry of neural collapse (Papyan et al., 2020).
+    B is the batch size, C the number of distinct classes in it and n_c the
+    count of class c (the authors' ``produce_Ew``): rare classes of the batch
+    get longer prototypes.  Computed on the device, without a host sync.
     """
-    if num_classes < 2:
-        raise UserError(f"a simplex ETF needs at least 2 classes, got {num_classes}")
-    if feature_dim < num_classes:
-        raise UserError(f"the ETF head needs at least as many feature dimensions as classes; "
-                         f"got feature_dim={feature_dim} < num_classes={num_classes}")
-    gaussian = torch.randn(feature_dim, num_classes, generator=generator, dtype=torch.float64)
-    u, _ = torch.linalg.qr(gaussian)  # D x K, orthonormal columns
-    centring = torch.eye(num_classes, dtype=torch.float64) - 1.0 / num_classes
-    m = math.sqrt(num_classes / (num_classes - 1)) * u @ centring
-    return m.T.contiguous().float()
+    counts = torch.zeros(num_classes, device=labels.device).index_add_(
+        0, labels, torch.ones(len(labels), device=labels.device))
+    present = counts > 0
+    per_class = len(labels) / present.sum()
+    return torch.where(present, (per_class / counts.clamp(min=1)).sqrt(), torch.ones_like(counts))
 
 
-def dot_regression_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The dot-regression loss of Yang et al. (NeurIPS 2022) for unit-norm features and prototypes.
+def dot_regression_loss(z: torch.Tensor, prototypes: torch.Tensor, labels: torch.Tensor,
+                        norm_penalty: float = 0.0) -> torch.Tensor:
+    """Dot regression (Yang et al., NeurIPS 2022, as the authors' ``reg_dot_loss``).
 
-    With h_hat and the fixed ETF prototypes w_k of unit norm, the logits are
-    the dot products w_k . h_hat, and the loss is
-    1/2 * mean_i (w_{y_i} . h_hat_i - 1)^2 (their L_DR with E_W = E_H = 1): only
-    the own class's prototype is pulled, no other class is pushed away.
+    ``z`` (n x D) are the batch-normalised features, ``prototypes`` (K x D) the
+    scaled ETF rows.  With m = prototypes[y]:
+    0.5 * mean((z . m - |m| |z|)^2 / |z|), |z| detached (it only weights the
+    regression); only the own class's prototype is pulled, no other class is
+    pushed.  ``norm_penalty`` > 0 adds norm_penalty * mean(|z|), as the
+    authors do outside CIFAR.
     """
-    dot = logits.float().gather(1, labels.unsqueeze(1)).squeeze(1)
-    return 0.5 * (dot - 1.0).pow(2).mean()
+    z = z.float()
+    m = prototypes.float()[labels]
+    dot = (z * m).sum(1)
+    z_len = z.detach().norm(dim=1).clamp(min=DR_NORM_FLOOR)
+    loss = 0.5 * ((dot - m.norm(dim=1) * z_len).pow(2) / z_len).mean()
+    if norm_penalty > 0:
+        loss = loss + norm_penalty * z.norm(dim=1).mean()
+    return loss
