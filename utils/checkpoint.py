@@ -139,7 +139,7 @@ class CheckpointError(UserError):
 ZIP_MAGIC = b"PK\x03\x04"  # how every file written by torch.save (zip format) begins
 STATE_KEYS = frozenset({"format", "args", "history", "model", "optimizer", "scheduler", "buffer", "rng", "logger"})
 HISTORY_KEYS = frozenset({"stages_done", "rows_cil", "rows_til", "collapse", "n_steps", "train_time_s", "wall_time_s"})
-RNG_KEYS = frozenset({"python", "numpy", "torch", "cuda", "data_order", "augmentation", "buffer"})
+GLOBAL_RNG_KEYS = frozenset({"python", "numpy", "torch", "cuda"})  # and one per generator of the run
 
 
 def _one_line(exc: Exception) -> str:
@@ -320,8 +320,9 @@ def _numpy_state(saved):
 
 def _check_rng(path: str, run, saved) -> None:
     """Every generator state is loaded into a new, throwaway generator of the same kind."""
-    if not isinstance(saved, dict) or not RNG_KEYS <= set(saved):
-        missing = RNG_KEYS - set(saved) if isinstance(saved, dict) else ["rng"]
+    expected = GLOBAL_RNG_KEYS | set(_generators(run))
+    if not isinstance(saved, dict) or not expected <= set(saved):
+        missing = expected - set(saved) if isinstance(saved, dict) else ["rng"]
         raise CheckpointError(path, f"its random-generator states lack {_few(missing)}")
     on_cuda = torch.device(run.args.device).type == "cuda"
     if (saved["cuda"] is None) == on_cuda or not (saved["cuda"] is None or isinstance(saved["cuda"], (list, tuple))):
