@@ -42,9 +42,10 @@ def synthetic_data(dataset: str, ratio: float, batch_size: int, device: torch.de
     x = torch.randint(0, 256, (len(y),) + tuple(cls.INPUT_SHAPE), generator=g, dtype=torch.uint8)
     split = Split(x, y).to(device)
     procs = Processes()
-    train = ResidentBatches(split, cls.TRANSFORM, batch_size, procs, make_generator(0, "data-order", device),
+    transform = cls.TRANSFORM.to(device)  # as the trainer: constants on the device once
+    train = ResidentBatches(split, transform, batch_size, procs, make_generator(0, "data-order", device),
                             make_generator(0, "augmentation", device))
-    return LongTailData(train, ResidentTestBatches(split, cls.TRANSFORM, procs), counts, len(y))
+    return LongTailData(train, ResidentTestBatches(split, transform, procs), counts, len(y))
 
 
 def full_batches(data: LongTailData, batch_size: int):

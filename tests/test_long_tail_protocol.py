@@ -135,14 +135,14 @@ def test_etf_dr_arm_loss_by_hand(name):
 
 # ----------------------------------------------------------------------------- the clean batch-norm pass
 
-def synthetic_data(batch_size=16, device="cpu"):
+def synthetic_data(batch_size=16, device=torch.device("cpu")):
     counts = [40, 20, 10, 5, 3, 2, 2, 1, 1, 1]
     y = torch.repeat_interleave(torch.arange(10), torch.tensor(counts))
     x = torch.randint(0, 256, (len(y), 3, 32, 32), generator=gen(0), dtype=torch.uint8)
-    split, procs = Split(x, y), Processes()
-    train = ResidentBatches(split, Cifar10LongTail.TRANSFORM, batch_size, procs,
-                            make_generator(0, "data-order"), make_generator(0, "augmentation"))
-    return LongTailData(train, ResidentTestBatches(split, Cifar10LongTail.TRANSFORM, procs), counts, len(y))
+    split, procs, transform = Split(x, y).to(device), Processes(), Cifar10LongTail.TRANSFORM.to(device)
+    train = ResidentBatches(split, transform, batch_size, procs,
+                            make_generator(0, "data-order", device), make_generator(0, "augmentation", device))
+    return LongTailData(train, ResidentTestBatches(split, transform, procs), counts, len(y))
 
 
 @pytest.mark.parametrize("name,clean_pass", [("ce", False), ("mixup", True), ("etf-dr", False),
@@ -327,6 +327,30 @@ def test_fp16_on_the_cpu_is_a_one_line_error(cifar_dir, capsys):
     err = one_line_error(["--dataset", "cifar10-lt", "--method", "ce", "--amp", "fp16", "--data_path", cifar_dir]
                          + TINY, capsys)
     assert "--amp fp16" in err and "needs CUDA" in err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("method", ["arc-mixup", "etf-dr"])
+def test_fp16_on_cuda_uses_a_grad_scaler_and_evaluation_does_not_sync(method, cifar_dir, tmp_path):
+    device = torch.device("cuda")
+    args = main_lt.parse_args(["--dataset", "cifar10-lt", "--method", method, "--amp", "fp16", "--device", "cuda",
+                               "--width", "4", "--batch_size", "32"])
+    run = build_run(args, Processes(), device, synthetic_data(device=device))
+    assert run.scaler is not None
+    for x, y in run.data.train.epoch(0):
+        assert torch.isfinite(train_step(run, x, y))
+    lt_training.evaluate(run)  # first: cuDNN autotuning
+    torch.cuda.set_sync_debug_mode("error")  # any host synchronisation inside evaluate raises
+    try:
+        hits, counts = lt_training.evaluate(run)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert hits.is_cuda and int(counts.sum()) == run.data.num_test
+    out = tmp_path / "r.json"
+    assert main_lt.main(["--dataset", "cifar10-lt", "--method", method, "--amp", "fp16", "--device", "cuda",
+                         "--width", "4", "--batch_size", "32", "--n_epochs", "2", "--data_path", cifar_dir,
+                         "--results_file", str(out)]) == 0
+    assert json.loads(out.read_text())["args"]["amp"] == "fp16"
 
 
 def test_color_jitter_on_cifar_is_a_one_line_error(cifar_dir, capsys):

@@ -319,6 +319,7 @@ class LongTailData:
 
 
 def load_data(dataset: LongTailDataset, args, procs: Processes, device: torch.device) -> LongTailData:
+    transform = dataset.TRANSFORM.to(device)  # constants on the device once, not one host copy per batch
     if dataset.RESIDENT:
         if args.color_jitter:
             raise UserError(f"--color_jitter applies to the decoded-image sets (imagenet-lt, places-lt), "
@@ -326,12 +327,12 @@ def load_data(dataset: LongTailDataset, args, procs: Processes, device: torch.de
         train, test = dataset.load_resident()
         train, test = train.to(device), test.to(device)
         counts = torch.bincount(train.y, minlength=dataset.NUM_CLASSES).tolist()
-        batches = ResidentBatches(train, dataset.TRANSFORM, args.batch_size, procs,
+        batches = ResidentBatches(train, transform, args.batch_size, procs,
                                   make_generator(args.seed, "data-order", device),
                                   make_generator(args.seed, f"augmentation/rank{procs.rank}", device))
-        return LongTailData(batches, ResidentTestBatches(test, dataset.TRANSFORM, procs), counts, len(test.y))
+        return LongTailData(batches, ResidentTestBatches(test, transform, procs), counts, len(test.y))
     train, test, counts = dataset.load_files(args.image_size, args.color_jitter)
-    common = dict(transform=dataset.TRANSFORM, procs=procs, device=device, workers=args.workers, seed=args.seed)
+    common = dict(transform=transform, procs=procs, device=device, workers=args.workers, seed=args.seed)
     return LongTailData(LoaderBatches(train, batch_size=args.batch_size, train=True, **common),
                         LoaderBatches(test, batch_size=EVAL_BATCH, train=False, **common), counts, len(test))
 
