@@ -39,7 +39,7 @@ from datasets.utils.cifar_io import write_cifar  # noqa: E402
 from datasets.utils.continual_dataset import Split  # noqa: E402
 from utils.args import parse_args  # noqa: E402
 from utils.progress import ProgressBar  # noqa: E402
-from utils.training import build_run, evaluate, run_experiment, stages, train_stage  # noqa: E402
+from utils.training import build_run, evaluate, run_experiment, stages, task_data, train_stage  # noqa: E402
 
 DATASETS = ("seq-cifar10", "seq-cifar100", "seq-tinyimg")
 SIZES = {  # (training images per class, test images per class) of the real benchmarks
@@ -121,18 +121,17 @@ def measure(opts, dataset: str, model: str, head: str, splits) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     reset_host_peak()
     run = build_run(args, synthetic_dataset(get_dataset_class(dataset), splits))
-    quiet = ProgressBar(enabled=False)
     tasks = stages(run)
     bs = args.batch_size
 
     def first_steps(task, n_steps):
-        idx = tasks[task][1]
-        return idx.repeat(math.ceil(n_steps * bs / len(idx)))[: n_steps * bs]
+        idx = tasks[task].indices
+        return task_data(run, task, idx.repeat(math.ceil(n_steps * bs / len(idx)))[: n_steps * bs])
 
-    train_stage(run, 0, first_steps(0, opts.warmup), quiet)  # fills the buffer; compiles if asked
+    train_stage(run, first_steps(0, opts.warmup))  # fills the buffer; compiles if asked
     sync(device)
     start = time.perf_counter()
-    train_stage(run, 1, first_steps(1, opts.steps), quiet)   # returns a float: waits for the device
+    train_stage(run, first_steps(1, opts.steps))   # returns a float: waits for the device
     sync(device)
     train_s = time.perf_counter() - start
     if opts.profile:
@@ -158,7 +157,7 @@ def measure(opts, dataset: str, model: str, head: str, splits) -> dict:
     return row
 
 
-def profile_steps(run, indices, device: torch.device, rows: int = 15) -> None:
+def profile_steps(run, data, device: torch.device, rows: int = 15) -> None:
     """Profile a few more training steps: the top operators by device (CPU: host) time, and how busy
     the device was over the wall time (low = the host cannot launch kernels fast enough)."""
     from torch.profiler import ProfilerActivity, profile
@@ -167,7 +166,7 @@ def profile_steps(run, indices, device: torch.device, rows: int = 15) -> None:
     sync(device)
     start = time.perf_counter()
     with profile(activities=activities) as prof:
-        train_stage(run, 1, indices, ProgressBar(enabled=False))
+        train_stage(run, data)
         sync(device)
     wall_us = 1e6 * (time.perf_counter() - start)
     events = prof.key_averages()

@@ -1,8 +1,6 @@
 """S-CIFAR-100: CIFAR-100 (fine labels) in torchvision's layout, 10 tasks of 10 classes, ResNet-18."""
 from __future__ import annotations
 
-import torch
-
 from datasets import register_dataset
 from datasets.seq_cifar10 import SequentialCIFAR10
 from datasets.utils.transforms import DeviceTransform
@@ -23,8 +21,3 @@ class SequentialCIFAR100(SequentialCIFAR10):
                                 crop_padding=4, flip=True)
     LR_MILESTONES = (35, 45)
     LR_GAMMA = 0.1
-
-    def get_scheduler(self, optimizer, args):
-        # The trainer builds a new optimizer for every task, so each task restarts from the base lr.
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(self.LR_MILESTONES),
-                                                    gamma=self.LR_GAMMA)

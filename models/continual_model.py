@@ -20,15 +20,22 @@ class Setting:
     task_of_class: torch.Tensor           # class -> task, on ``device``
     augment: Callable[[torch.Tensor], torch.Tensor]  # raw inputs -> augmented network inputs
     buffer_generator: torch.Generator     # every buffer draw comes from here
+    lr_milestones: tuple = ()             # the dataset's schedule: epochs at which the lr is multiplied
+    lr_gamma: float = 0.1                 # by this factor (none: a constant lr, the protocol's default)
 
 
 class ContinualModel(nn.Module):
     """A method: ``observe`` one stream batch, optionally ``begin_task`` / ``end_task``.
 
-    The trainer owns the loop, the optimizer's lifetime (rebuilt at every task
-    by ``build_optimizer``), evaluation and logging.  Methods never branch on
-    the head: ``stream_loss`` applies the masked softmax when it is on, and
-    replay terms use plain unmasked losses over all classes.
+    The trainer owns the loop, evaluation and logging.  The method owns its
+    optimisation: before every task the trainer calls ``prepare_task``, which
+    builds a fresh optimizer and scheduler with ``build_optimizer`` /
+    ``build_scheduler`` (override either), and ``end_epoch`` steps the
+    scheduler.  ``begin_task(task, data)`` and ``end_task(task, data)`` see the
+    task's training split (``utils.training.TaskData``), so methods that
+    regularise, distil or select exemplars need no trainer changes.  Methods
+    never branch on the head: ``stream_loss`` applies the masked softmax when
+    it is on, and replay terms use plain unmasked losses over all classes.
     """
 
     NAME: str = ""
@@ -44,6 +51,7 @@ class ContinualModel(nn.Module):
         self.device = setting.device
         self.current_task = 0
         self.opt: torch.optim.Optimizer | None = None
+        self.scheduler = None
         self.buffer = (ReservoirBuffer(args.buffer_size, setting.device, setting.buffer_generator)
                        if self.USES_BUFFER else None)
 
@@ -53,6 +61,27 @@ class ContinualModel(nn.Module):
     def build_optimizer(self) -> torch.optim.Optimizer:
         """Plain SGD (no momentum, no weight decay), as in the reference protocol."""
         return torch.optim.SGD(self.net.parameters(), lr=self.args.lr)
+
+    def build_scheduler(self, opt: torch.optim.Optimizer):
+        """The dataset's per-task schedule (stepped once per epoch), or ``None`` for a constant lr."""
+        if not self.setting.lr_milestones:
+            return None
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(self.setting.lr_milestones),
+                                                    gamma=self.setting.lr_gamma)
+
+    def prepare_task(self, task: int) -> None:
+        """A fresh optimizer and scheduler for every task (so each task restarts from the base lr)."""
+        self.current_task = task
+        self.opt = self.build_optimizer()
+        self.scheduler = self.build_scheduler(self.opt)
+
+    def end_epoch(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.step()
+
+    def generators(self) -> dict:
+        """The method's own random streams, by name (saved and restored by checkpoints)."""
+        return {"buffer": self.setting.buffer_generator}
 
     def autocast(self):
         """bf16 autocast when ``--amp bf16``, otherwise nothing."""
@@ -66,11 +95,11 @@ class ContinualModel(nn.Module):
             return masked_cross_entropy(logits, labels, self.setting.task_of_class)
         return F.cross_entropy(logits, labels)
 
-    def begin_task(self, task: int) -> None:
-        self.current_task = task
+    def begin_task(self, task: int, data) -> None:
+        """Called before the task's first step, after ``prepare_task``; ``data`` is the task's training split."""
 
-    def end_task(self, task: int) -> None:
-        pass
+    def end_task(self, task: int, data) -> None:
+        """Called after the task's last step, before its evaluation."""
 
     def observe(self, inputs: torch.Tensor, labels: torch.Tensor, not_aug_inputs: torch.Tensor) -> torch.Tensor:
         """One optimisation step on a stream batch; return the loss as a detached tensor (no sync)."""

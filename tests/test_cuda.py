@@ -103,10 +103,11 @@ def test_training_steps_never_synchronise_with_the_host(tmp_path, model):
                        "--buffer_size", "200", "--load_best_args", "--data_path", str(tmp_path),
                        "--backbone", "resnet18-narrow", "--device", "cuda"])
     run = build_run(args)
-    model_, train, transform = run.model, run.train, run.dataset.TRANSFORM
-    _, indices = stages(run)[0]
-    model_.begin_task(0)
-    model_.opt = model_.build_optimizer()
+    model_, train, transform = run.model, run.train, run.transform
+    data = stages(run)[0]
+    indices = data.indices
+    model_.prepare_task(0)
+    model_.begin_task(0, data)
 
     def step(batch):
         raw, labels = train.x[batch], train.y[batch]

@@ -39,7 +39,7 @@ def test_resnet18_keeps_pytorch_default_init(make_args):
     head = run.model.net.head
     # PyTorch's nn.Linear default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases
     bound = 1 / math.sqrt(head.weight.shape[1])
-    assert float(head.weight.abs().max()) <= bound and torch.count_nonzero(head.bias) > 0
+    assert float(head.weight.detach().abs().max()) <= bound and torch.count_nonzero(head.bias) > 0
 
 
 class CountForwards(nn.Module):
@@ -59,7 +59,7 @@ def replay_model(make_args, model, masked, buffer_size=50, minibatch=7):
                      "--buffer_size", str(buffer_size), "--minibatch_size", str(minibatch),
                      "--batch_size", "5", "--load_best_args")
     run = build_run(args)
-    run.model.opt = run.model.build_optimizer()
+    run.model.prepare_task(0)
     run.model.train()
     return run
 
@@ -68,7 +68,7 @@ def stream_batches(run, n):
     for i in range(n):
         idx = torch.arange(5 * i, 5 * i + 5)
         raw, y = run.train.x[idx], run.train.y[idx]
-        yield run.dataset.TRANSFORM.train(raw, run.augment_generator), y, raw
+        yield run.transform.train(raw, run.augment_generator), y, raw
 
 
 # step 1: empty buffer; step 2: 5 stored, so 5 replayed; step 3: 10 stored, 7 replayed

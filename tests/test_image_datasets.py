@@ -105,20 +105,21 @@ def test_protocol_constants(name):
                        torch.arange(c["tasks"] * c["per_task"]) // c["per_task"])
 
 
-def test_cifar100_lr_drops_tenfold_after_epochs_35_and_45_and_restarts_with_a_new_optimizer():
-    ds = get_dataset_class("seq-cifar100")("unused")
-    param = torch.nn.Parameter(torch.zeros(1))
-    for _ in range(2):  # two tasks: the trainer builds a new optimizer and scheduler for each
-        opt = torch.optim.SGD([param], lr=0.1)
-        sched = ds.get_scheduler(opt, None)
+def test_cifar100_lr_drops_tenfold_after_epochs_35_and_45_and_restarts_with_a_new_optimizer(make_args, tmp_path):
+    from utils.training import build_run
+    write_tiny_cifar(tmp_path, "cifar100", 2, range(100))
+    run = build_run(make_args("--dataset", "seq-cifar100", "--model", "sgd", "--lr", "0.1", "--data_path",
+                              str(tmp_path), "--backbone", "resnet18-narrow"))
+    model = run.model
+    for task in range(2):  # two tasks: the method builds a new optimizer and scheduler for each
+        model.prepare_task(task)
         lrs = []
         for _ in range(50):
-            lrs.append(opt.param_groups[0]["lr"])
-            opt.step()
-            sched.step()
+            lrs.append(model.opt.param_groups[0]["lr"])
+            model.opt.step()
+            model.end_epoch()
         np.testing.assert_allclose(lrs, [0.1] * 35 + [0.01] * 10 + [0.001] * 5)
-    assert get_dataset_class("seq-cifar10")("unused").get_scheduler(opt, None) is None
-    assert get_dataset_class("seq-tinyimg")("unused").get_scheduler(opt, None) is None
+    assert get_dataset_class("seq-cifar10").LR_MILESTONES == () == get_dataset_class("seq-tinyimg").LR_MILESTONES
 
 
 # ----------------------------------------------------------------------------- augmentation

@@ -70,10 +70,9 @@ def test_fc_and_fno_runs_are_paired(make_args):
             return original(inputs, labels, raw)
         run.model.observe = record
         from utils.training import stages, train_stage
-        from utils.progress import ProgressBar
         initial = {k: v.clone() for k, v in run.model.net.backbone.state_dict().items()}
-        for task, idx in stages(run):
-            train_stage(run, task, idx, ProgressBar(False))
+        for data in stages(run):
+            train_stage(run, data)
         seen[head] = (initial, batches, run.model.buffer.fields["examples"].clone())
     (init_fc, b_fc, buf_fc), (init_fno, b_fno, buf_fno) = seen["fc"], seen["fno"]
     assert all(torch.equal(init_fc[k], init_fno[k]) for k in init_fc)

@@ -83,8 +83,7 @@ def signals_held(signums=(signal.SIGINT, signal.SIGTERM)):
 
 
 def _generators(run) -> dict:
-    return {"data_order": run.data_generator, "augmentation": run.augment_generator,
-            "buffer": run.model.setting.buffer_generator}
+    return {"data_order": run.data_generator, "augmentation": run.augment_generator, **run.model.generators()}
 
 
 def capture_rng(run) -> dict:
@@ -118,7 +117,7 @@ def save_checkpoint(directory: str, run, history: dict, logger_state: dict) -> N
         "history": history,
         "model": model.state_dict(),
         "optimizer": model.opt.state_dict() if model.opt is not None else None,
-        "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
+        "scheduler": model.scheduler.state_dict() if model.scheduler is not None else None,
         "buffer": model.buffer.state_dict() if model.buffer is not None else None,
         "rng": capture_rng(run),
         "logger": logger_state,
@@ -351,7 +350,7 @@ def _prepare_optimizer(path: str, run, state: dict):
         opt.load_state_dict(state["optimizer"])
     except Exception as exc:
         raise CheckpointError(path, f"its optimizer state does not fit this run ({_one_line(exc)})") from None
-    scheduler = run.dataset.get_scheduler(opt, run.args)
+    scheduler = run.model.build_scheduler(opt)
     if state["scheduler"] is not None:
         if scheduler is None or not isinstance(state["scheduler"], dict):
             raise CheckpointError(path, "it holds a learning-rate scheduler state this run cannot use")
@@ -380,5 +379,5 @@ def restore_run(run, state: dict) -> None:
     if model.buffer is not None:
         model.buffer.load_state_dict(state["buffer"])
     if opt is not None:
-        model.opt, run.scheduler = opt, scheduler
+        model.opt, model.scheduler = opt, scheduler
     restore_rng(run, state["rng"])

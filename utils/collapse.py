@@ -257,7 +257,7 @@ def extract_features(run, n_seen_tasks: int):
     chunks = []
     for batch in seen.split(FEATURE_BATCH):
         with model.autocast():
-            chunks.append(model.net(run.dataset.TRANSFORM.test(train.x[batch]), return_features=True)[1].float())
+            chunks.append(model.net(run.transform.test(train.x[batch]), return_features=True)[1].float())
     model.train(was_training)
     return torch.cat(chunks), train.y[seen]
 
@@ -265,7 +265,7 @@ def extract_features(run, n_seen_tasks: int):
 def task_collapse_metrics(run, n_seen_tasks: int) -> Dict[str, float]:
     """``collapse_metrics`` on the training data of the tasks seen so far, plus ``tasks_seen``."""
     features, labels = extract_features(run, n_seen_tasks)
-    return {"tasks_seen": n_seen_tasks, **collapse_metrics(features, labels, run.model.net.head.weight)}
+    return {"tasks_seen": n_seen_tasks, **collapse_metrics(features, labels, run.model.net.head.class_weights())}
 
 
 def summary(metrics: Dict[str, float]) -> str:

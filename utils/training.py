@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import List
+from typing import Callable, List
 
 import torch
 
@@ -12,12 +12,12 @@ from backbone import get_backbone_class
 from backbone.heads import Network, make_head
 from datasets import get_dataset_class
 from datasets.utils.continual_dataset import ContinualDataset, Split
+from datasets.utils.transforms import DeviceTransform
 from models import get_model_class
 from models.continual_model import ContinualModel, Setting
 from utils.buffer import check_buffer_fits
-from utils.checkpoint import load_checkpoint, restore_run, save_checkpoint
-from utils.collapse import summary as collapse_summary, task_collapse_metrics
-from utils.errors import UserError
+from utils.callbacks import standard_callbacks
+from utils.checkpoint import load_checkpoint, restore_run
 from utils.guards import check_finite_loss
 from utils.losses import mask_other_tasks
 from utils.metrics import backward_transfer, final_average, forgetting, pad_rows
@@ -25,15 +25,13 @@ from utils.progress import ProgressBar
 from utils.seeding import make_generator, seed_everything
 from utils.wandb_logger import WandbLogger
 
-EVAL_BATCH = 1024  # test images per forward pass at 32x32 pixels
-
-
-EVAL_PIXELS = 2 ** 18  # images x pixels per evaluation batch: 256 at 32x32, 64 at 64x64
+EVAL_BATCH = 1024  # at most this many test images per forward pass (small inputs: MNIST, digits)
+EVAL_PIXELS = 2 ** 18  # and at most this many pixels per batch: 256 images at 32x32, 64 at 64x64
 
 
 def eval_batch_size(input_shape) -> int:
-    """At most ``EVAL_BATCH`` images, and at most ``EVAL_PIXELS`` pixels per batch, so that evaluation
-    activations stay the size of a training step's (the CPU host-memory budget on TinyImageNet)."""
+    """Evaluation batches bounded in images and in pixels, so that evaluation activations stay the
+    size of a training step's (the CPU host-memory budget on TinyImageNet)."""
     return max(1, min(EVAL_BATCH, EVAL_PIXELS // math.prod(input_shape[1:])))
 
 
@@ -48,7 +46,7 @@ class Run:
     task_of_class: torch.Tensor
     data_generator: torch.Generator
     augment_generator: torch.Generator
-    scheduler: object = None   # the current task's learning-rate scheduler, if the dataset has one
+    transform: DeviceTransform  # the dataset's, with its constants on the run's device
     min_batch: int = 1         # smallest training batch the network accepts (2 with batch norm)
 
 
@@ -72,7 +70,7 @@ def build_run(args, dataset: ContinualDataset | None = None) -> Run:
     if dataset is None:
         dataset = get_dataset_class(args.dataset)(args.data_path)
     # Normalisation constants on the device once: a per-batch host-to-device copy would synchronise.
-    dataset.TRANSFORM = dataset.TRANSFORM.to(device)
+    transform = dataset.TRANSFORM.to(device)
     train, test = (s.to(device) for s in dataset.load_splits())
     if getattr(args, "buffer_size", 0):
         # inputs as stored, an int64 label and float32 logits over every class (the most a method stores)
@@ -84,14 +82,15 @@ def build_run(args, dataset: ContinualDataset | None = None) -> Run:
     task_of_class = dataset.task_of_class().to(device)
     augment_generator = make_generator(args.seed, "augmentation", device)
     setting = Setting(device=device, task_of_class=task_of_class,
-                      augment=lambda x: dataset.TRANSFORM.train(x, augment_generator),
-                      buffer_generator=make_generator(args.seed, "buffer", device))
+                      augment=lambda x: transform.train(x, augment_generator),
+                      buffer_generator=make_generator(args.seed, "buffer", device),
+                      lr_milestones=dataset.LR_MILESTONES, lr_gamma=dataset.LR_GAMMA)
     model = get_model_class(args.model)(net, args, setting)
     if args.compile:
         model.net = torch.compile(model.net, mode=args.compile)
     has_batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
     return Run(args, dataset, model, train, test, task_of_class,
-               make_generator(args.seed, "data-order", device), augment_generator,
+               make_generator(args.seed, "data-order", device), augment_generator, transform,
                min_batch=2 if has_batch_norm else 1)
 
 
@@ -114,7 +113,7 @@ def evaluate(run: Run, n_seen_tasks: int):
     for idx in seen.split(eval_batch_size(dataset.INPUT_SHAPE)):
         x, y, t = test.x[idx], test.y[idx], test_task[idx]
         with model.autocast():
-            logits = model(dataset.TRANSFORM.test(x)).float()
+            logits = model(run.transform.test(x)).float()
         cil = logits.argmax(1) == y
         til = mask_other_tasks(logits, y, run.task_of_class).argmax(1) == y
         hits_cil += torch.bincount(t, weights=cil.float(), minlength=n_tasks)
@@ -123,13 +122,44 @@ def evaluate(run: Run, n_seen_tasks: int):
     return (100 * hits_cil / counts).tolist(), (100 * hits_til / counts).tolist()
 
 
-def stages(run: Run):
-    """(task index, training indices) per stage: one per task, or a single one for JOINT models."""
+@dataclass
+class TaskData:
+    """A task's training split as a method sees it at ``begin_task`` / ``end_task``.
+
+    ``x`` are the raw (non-augmented) inputs on the run's device and ``y`` their
+    labels; ``generator`` is the run's data-order stream (draws from it are
+    part of the run's reproducible randomness); ``augment`` maps raw inputs to
+    augmented network inputs, ``prepare`` to non-augmented network inputs.
+    """
+    task: int
+    x: torch.Tensor
+    y: torch.Tensor
+    indices: torch.Tensor  # into the run's training split
+    generator: torch.Generator
+    augment: Callable[[torch.Tensor], torch.Tensor]
+    prepare: Callable[[torch.Tensor], torch.Tensor]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def batches(self, batch_size: int):
+        """(raw inputs, labels) in order, ``batch_size`` at a time (for a pass over the task at its end)."""
+        for idx in torch.arange(len(self.y), device=self.y.device).split(batch_size):
+            yield self.x[idx], self.y[idx]
+
+
+def task_data(run: Run, task: int, indices: torch.Tensor) -> TaskData:
+    return TaskData(task, run.train.x[indices], run.train.y[indices], indices, run.data_generator,
+                    run.model.setting.augment, run.transform.test)
+
+
+def stages(run: Run) -> List[TaskData]:
+    """The training data of each stage: one per task, or a single one (every task) for JOINT models."""
     train_task = run.task_of_class[run.train.y]
     per_task = [torch.nonzero(train_task == t).flatten() for t in range(run.dataset.N_TASKS)]
     if run.model.JOINT:
-        return [(run.dataset.N_TASKS - 1, torch.cat(per_task))]
-    return list(enumerate(per_task))
+        return [task_data(run, run.dataset.N_TASKS - 1, torch.cat(per_task))]
+    return [task_data(run, t, idx) for t, idx in enumerate(per_task)]
 
 
 def epoch_batches(order: torch.Tensor, batch_size: int, min_batch: int = 1) -> list:
@@ -146,103 +176,103 @@ def epoch_batches(order: torch.Tensor, batch_size: int, min_batch: int = 1) -> l
     return batches
 
 
-def train_stage(run: Run, task: int, indices: torch.Tensor, progress: ProgressBar,
-                logger: WandbLogger | None = None):
-    """``begin_task``, the epochs of ``observe`` over ``indices``, ``end_task``.
+def train_stage(run: Run, data: TaskData, callbacks=(), first_step: int = 0) -> tuple:
+    """A fresh optimizer and scheduler (the method builds both), ``begin_task``, the epochs of
+    ``observe``, a check that the loss is still finite, ``end_task``.
 
-    Returns the last batch's loss and the number of optimizer steps taken."""
-    args, model, train, transform = run.args, run.model, run.train, run.dataset.TRANSFORM
+    Returns the last batch's loss (a float) and the number of optimizer steps taken."""
+    args, model, train, task = run.args, run.model, run.train, data.task
     model.train()
-    model.begin_task(task)
-    model.opt = model.build_optimizer()
-    scheduler = run.scheduler = run.dataset.get_scheduler(model.opt, args)
-    batches_per_epoch = len(epoch_batches(indices, args.batch_size, run.min_batch))
-    total = batches_per_epoch * args.n_epochs
-    label = f"Task {task + 1}/{run.dataset.N_TASKS}"
+    model.prepare_task(task)
+    model.begin_task(task, data)
+    positions = torch.arange(len(data), device=data.y.device)
+    per_epoch = len(epoch_batches(positions, args.batch_size, run.min_batch))
+    total = per_epoch * args.n_epochs
     loss = torch.zeros(())
     for epoch in range(args.n_epochs):
-        order = indices[torch.randperm(len(indices), device=indices.device, generator=run.data_generator)]
+        order = data.indices[torch.randperm(len(data), device=data.y.device, generator=run.data_generator)]
         for step, batch in enumerate(epoch_batches(order, args.batch_size, run.min_batch)):
             raw, labels = train.x[batch], train.y[batch]
-            loss = model.observe(transform.train(raw, run.augment_generator), labels, raw)
-            progress.update(label, epoch * batches_per_epoch + step + 1, total, loss)
-            if logger is not None:
-                logger.train_step(loss)
-        if scheduler is not None:
-            scheduler.step()
-    progress.close()
-    model.end_task(task)
-    return float(loss), total
+            loss = model.observe(run.transform.train(raw, run.augment_generator), labels, raw)
+            for callback in callbacks:
+                callback.on_step(run, task, epoch * per_epoch + step + 1, total, loss)
+        model.end_epoch()
+    last = float(loss)
+    check_finite_loss(last, f"task {task + 1} (steps {first_step + 1}-{first_step + total})", args.lr)
+    model.end_task(task, data)
+    return last, total
 
 
-def run_experiment(args, progress: ProgressBar | None = None, log=print) -> dict:
+def new_history() -> dict:
+    """Everything per task that the results are made of; a checkpoint stores it as it is."""
+    return {"stages_done": 0, "rows_cil": [], "rows_til": [], "collapse": [], "n_steps": 0,
+            "train_time_s": 0.0, "wall_time_s": 0.0}
+
+
+def resume(run: Run, log) -> tuple:
+    """(history, wandb logger state) from ``--checkpoint_dir`` when it holds a checkpoint, else fresh ones."""
+    args = run.args
+    saved = load_checkpoint(args) if args.checkpoint_dir else None
+    if saved is None:
+        if args.resume:
+            log(f"No checkpoint in {args.checkpoint_dir} yet: starting from the first task")
+        return new_history(), None
+    restore_run(run, saved)
+    log(f"Resuming from {args.checkpoint_dir}: {saved['history']['stages_done']} task(s) already done")
+    return saved["history"], saved["logger"]
+
+
+def run_experiment(args, progress: ProgressBar | None = None, log=print, callbacks=()) -> dict:
     """Train and evaluate one run; return the results dictionary (see README for the fields).
 
-    With ``args.checkpoint_dir`` the run is saved after every task, and with
-    ``args.resume`` it continues from the last saved task.  On KeyboardInterrupt
-    (SIGINT, or SIGTERM as ``main`` maps it) the run stops at once; the
-    checkpoint keeps every completed task.
+    The protocol: every stage (task) in order, trained and then evaluated on
+    the tasks seen so far; the callbacks (progress, collapse metrics, wandb,
+    checkpoints, then ``callbacks``) do everything else.  With
+    ``--checkpoint_dir`` the run continues from its last saved task.  On
+    KeyboardInterrupt (SIGINT, or SIGTERM as ``main`` maps it) the run stops at
+    once; the checkpoint keeps every completed task.
     """
     start = time.perf_counter()
     run = build_run(args)
-    progress = progress or ProgressBar()
-    n_tasks = run.dataset.N_TASKS
-    # Everything per task that the results are made of; a checkpoint stores it as it is.
-    history = {"stages_done": 0, "rows_cil": [], "rows_til": [], "collapse": [], "n_steps": 0,
-               "train_time_s": 0.0, "wall_time_s": 0.0}
-    saved = load_checkpoint(args) if args.checkpoint_dir else None
-    if saved is not None:
-        restore_run(run, saved)
-        history = saved["history"]
-        log(f"Resuming from {args.checkpoint_dir}: {history['stages_done']} task(s) already done")
-    elif args.resume:
-        log(f"No checkpoint in {args.checkpoint_dir} yet: starting from the first task")
-    time_before = history["wall_time_s"]
-    logger = WandbLogger(args, saved["logger"] if saved else None)
+    history, logger_state = resume(run, log)
+    elapsed_before = history["wall_time_s"]
+    hooks = standard_callbacks(args, progress or ProgressBar(), log, WandbLogger(args, logger_state),
+                               history["stages_done"]) + list(callbacks)
+    results, exit_code = None, 1
     try:
-        for stage, (task, indices) in enumerate(stages(run)):
+        for stage, data in enumerate(stages(run)):
             if stage < history["stages_done"]:
                 continue
             tic = time.perf_counter()
-            last_loss, steps = train_stage(run, task, indices, progress, logger)
-            check_finite_loss(last_loss, f"task {task + 1} (steps {history['n_steps'] + 1}-"
-                                         f"{history['n_steps'] + steps})", args.lr)
+            last_loss, steps = train_stage(run, data, hooks, history["n_steps"])
             history["train_time_s"] += time.perf_counter() - tic
             history["n_steps"] += steps
-            cil, til = evaluate(run, task + 1)
+            cil, til = evaluate(run, data.task + 1)
             history["rows_cil"].append(cil)
             history["rows_til"].append(til)
-            log(f"Task {task + 1}/{n_tasks}  Class-IL {sum(cil) / len(cil):6.2f}  Task-IL {sum(til) / len(til):6.2f}"
-                f"  loss {last_loss:.4f}  per task (Class-IL): {' '.join(f'{a:.1f}' for a in cil)}")
-            collapse = task_collapse_metrics(run, task + 1) if args.collapse_metrics else None
-            if collapse is not None:
-                history["collapse"].append(collapse)
-                log(f"  collapse: {collapse_summary(collapse)}")
             history["stages_done"] = stage + 1
-            history["wall_time_s"] = time_before + time.perf_counter() - start
-            logger.task_done(task, cil, til, collapse)
-            if args.checkpoint_dir:
-                try:
-                    save_checkpoint(args.checkpoint_dir, run, history, logger.state())
-                except OSError as exc:
-                    raise UserError(f"could not write the checkpoint to {args.checkpoint_dir} after task "
-                                    f"{task + 1}: {exc.strerror or exc}; the previous checkpoint there (if any) is "
-                                    f"intact: free space or pick another --checkpoint_dir and rerun with "
-                                    f"--resume") from None
+            history["wall_time_s"] = elapsed_before + time.perf_counter() - start
+            log(f"Task {data.task + 1}/{run.dataset.N_TASKS}  Class-IL {sum(cil) / len(cil):6.2f}  Task-IL "
+                f"{sum(til) / len(til):6.2f}  loss {last_loss:.4f}  per task (Class-IL): {' '.join(f'{a:.1f}' for a in cil)}")
+            for hook in hooks:
+                hook.on_task_end(run, data.task, history)
+        results = make_results(run, history, elapsed_before + time.perf_counter() - start)
+        exit_code = 0
     except KeyboardInterrupt:
-        progress.close()
-        logger.finish(exit_code=130)
-        if args.checkpoint_dir:
-            log(f"Interrupted after {history['stages_done']} completed task(s); the checkpoint in "
-                f"{args.checkpoint_dir} keeps them: rerun with --resume to continue")
+        exit_code = 130
         raise
-    except BaseException:
-        logger.finish(exit_code=1)
-        raise
-    rows_cil, rows_til = history["rows_cil"], history["rows_til"]
-    m_cil, m_til = pad_rows(rows_cil, n_tasks), pad_rows(rows_til, n_tasks)
-    full = len(rows_cil) == n_tasks
-    results = {
+    finally:
+        for hook in hooks:
+            hook.on_run_end(run, results, exit_code)
+    return results
+
+
+def make_results(run: Run, history: dict, wall_time_s: float) -> dict:
+    args, n_tasks = run.args, run.dataset.N_TASKS
+    m_cil, m_til = pad_rows(history["rows_cil"], n_tasks), pad_rows(history["rows_til"], n_tasks)
+    full = len(history["rows_cil"]) == n_tasks
+    device = torch.device(args.device)
+    return {
         "args": vars(args),
         "class_il": final_average(m_cil),
         "task_il": final_average(m_til),
@@ -255,10 +285,7 @@ def run_experiment(args, progress: ProgressBar | None = None, log=print) -> dict
         "n_steps": history["n_steps"],
         "train_time_s": history["train_time_s"],
         "collapse": history["collapse"] if args.collapse_metrics else None,
-        "wall_time_s": time_before + time.perf_counter() - start,
-        "device": str(torch.device(args.device)) + (f" ({torch.cuda.get_device_name(args.device)})"
-                                                    if torch.device(args.device).type == "cuda" else ""),
+        "wall_time_s": wall_time_s,
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         "torch_version": torch.__version__,
     }
-    logger.finish(results)
-    return results

@@ -46,6 +46,8 @@ class ContinualDataset:
     BATCH_SIZE: int = 32
     TRANSFORM: DeviceTransform = DeviceTransform(scale=255.0)
     CPU_THREADS: Optional[int] = None  # torch threads for CPU runs; None keeps torch's default
+    LR_MILESTONES: Tuple[int, ...] = ()  # per-task schedule: epochs after which the lr is multiplied by LR_GAMMA
+    LR_GAMMA: float = 0.1
 
     def __init__(self, data_path: str, rebuild_cache: bool = False):
         self.data_path = data_path
@@ -86,10 +88,6 @@ class ContinualDataset:
         first = task * self.N_CLASSES_PER_TASK
         last = first + self.N_CLASSES_PER_TASK - 1
         return f"class {first}" if first == last else f"classes {first}-{last}"
-
-    def get_scheduler(self, optimizer: torch.optim.Optimizer, args) -> Optional[object]:
-        """A per-task learning-rate scheduler stepped once per epoch (none by default)."""
-        return None
 
     def task_of_class(self) -> torch.Tensor:
         """The class-to-task table used for masking and Task-IL evaluation."""
