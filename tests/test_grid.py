@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from utils.errors import UserError
-from utils.grid import main as grid_main, plan, render_command, results_name
+from utils.flags import results_name
+from utils.grid import main as grid_main, plan, render_command
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -19,7 +19,7 @@ from models import get_model_class, model_aliases, model_names
 from utils.best_args import best_args
 from utils.cli import (OneLineParser, binary, non_negative, non_negative_int, positive, resolve_device,
                        seed, switch)
-from utils.grid import results_name
+from utils.flags import results_name
 
 # `python main.py` with no arguments: masked-FNO ER on the embedded digits benchmark.
 DEFAULT_ARGV = ["--dataset", "seq-digits", "--model", "er", "--classifier", "fno",
@@ -28,7 +28,7 @@ DEFAULT_ARGV = ["--dataset", "seq-digits", "--model", "er", "--classifier", "fno
 DEFAULTS = {
     "classifier": "fc", "masked_softmax": 0, "buffer_size": 0, "seed": 0, "data_path": "data",
     "load_best_args": False, "nowand": 0, "amp": "none", "channels_last": 0, "compile": 0,
-    "collapse_metrics": 0, "results_file": None, "results_dir": None,
+    "collapse_metrics": 0, "results_file": None, "results_dir": None, "rebuild_cache": 0,
     "wandb_project": None, "wandb_entity": None, "wandb_name": None, "checkpoint_dir": None, "resume": False,
 }
 
@@ -81,6 +81,9 @@ def build_parser() -> OneLineParser:
     r.add_argument("--results_file", help="write the results here as JSON (atomically)")
     r.add_argument("--results_dir", help="write the results as JSON into this directory, the file named from "
                    "the flags given (as the grid runner names it; for wandb sweep agents)")
+    r.add_argument("--rebuild_cache", type=binary, metavar="{0,1}",
+                   help="1: decode the dataset's files again and rewrite its decoded cache (seq-tinyimg), e.g. "
+                        "after replacing data files by hand")
     r.add_argument("--checkpoint_dir", help="save a checkpoint here after every task (atomically)")
     r.add_argument("--resume", type=switch, nargs="?", const=True,
                    help="continue from the last task saved in --checkpoint_dir (a fresh start when there is none)")

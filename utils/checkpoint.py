@@ -37,15 +37,11 @@ import numpy as np
 import torch
 
 from utils.errors import UserError
+from utils.flags import MAY_CHANGE_ON_RESUME
 from utils.io import atomic_write_bytes
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT_VERSION = 1
-# Flags that may differ between a run and its resumption: where files are, and logging.
-MAY_CHANGE_ON_RESUME = frozenset({
-    "resume", "checkpoint_dir", "results_file", "results_dir", "data_path",
-    "nowand", "wandb_project", "wandb_entity", "wandb_name",
-})
 
 
 def checkpoint_path(directory: str) -> str:

@@ -43,48 +43,12 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
 from utils.errors import UserError
+from utils.flags import OPERATIONAL_FLAGS, canonical, results_name
 
-# Flags that say where things go or how they are logged, not what is computed: not part of a run's name.
-OPERATIONAL_FLAGS = frozenset({
-    "results_file", "results_dir", "checkpoint_dir", "resume", "data_path", "device",
-    "nowand", "wandb_project", "wandb_entity", "wandb_name",
-})
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
-MAX_NAME = 180
 POLL_S = 0.1
 STOP_GRACE_S = 10.0   # how long stopped runs get to exit cleanly before they are killed
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-
-
-def _canonical(value) -> str:
-    """One spelling per value, whether it comes from YAML (typed) or from argparse (typed from text)."""
-    if isinstance(value, str):
-        for kind in (int, float):
-            try:
-                return _canonical(kind(value))
-            except ValueError:
-                pass
-        return value
-    if isinstance(value, bool):
-        return str(int(value))
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return repr(value) if isinstance(value, float) else str(value)
-
-
-def results_name(params: Dict[str, object]) -> str:
-    """The file name (without ``.json``) of the run with these parameters: ``key=value`` pairs sorted by key.
-
-    Operational flags (output places, device, logging) are left out.  Characters
-    unsafe in file names are replaced, and a short hash of the exact pairs is
-    appended when anything was replaced or shortened, so names stay unique.
-    """
-    pairs = ",".join(f"{k}={_canonical(v)}" for k, v in sorted(params.items())
-                     if k not in OPERATIONAL_FLAGS and v is not None)
-    name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", pairs)
-    if name != pairs or len(name) > MAX_NAME:
-        name = name[:MAX_NAME] + "," + hashlib.sha1(pairs.encode()).hexdigest()[:10]
-    return name or "defaults"
 
 
 @dataclass
@@ -173,7 +137,7 @@ def plan(sweep_path: str, results_dir: str, interpreter: str = sys.executable,
         raise UserError(f"program {program!r} of {sweep_path} not found in {os.getcwd()} "
                         f"(run the grid from the directory wandb agents would run in: the repository root)")
     combos = expand(sweep, sweep_path)
-    varying = [k for k in combos[0] if len({_canonical(c[k]) for c in combos}) > 1]
+    varying = [k for k in combos[0] if len({canonical(c[k]) for c in combos}) > 1]
     runs, seen = [], set()
     for params in combos:
         params = {k: v for k, v in params.items() if k != "results_dir"}  # the runner places results itself

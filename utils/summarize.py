@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Tuple
 
 import pandas as pd
 
-from utils.grid import OPERATIONAL_FLAGS
+from utils.flags import OPERATIONAL_FLAGS
 from utils.io import atomic_write_bytes
 
 BENCHMARK_ORDER = ("seq-digits", "seq-mnist", "seq-cifar10", "seq-cifar100", "seq-tinyimg")

@@ -68,7 +68,7 @@ def build_run(args, dataset: ContinualDataset | None = None) -> Run:
         torch.set_num_threads(args.num_threads)
     seed_everything(args.seed)
     if dataset is None:
-        dataset = get_dataset_class(args.dataset)(args.data_path)
+        dataset = get_dataset_class(args.dataset)(args.data_path, rebuild_cache=bool(args.rebuild_cache))
     # Normalisation constants on the device once: a per-batch host-to-device copy would synchronise.
     transform = dataset.TRANSFORM.to(device)
     train, test = (s.to(device) for s in dataset.load_splits())
