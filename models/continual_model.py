@@ -42,6 +42,8 @@ class ContinualModel(nn.Module):
     USES_BUFFER: bool = False   # rehearsal methods need --buffer_size > 0
     JOINT: bool = False         # trained once on all tasks together (the upper bound)
     FLAGS: dict = {}            # the method's own flags: name -> utils.cli.Flag (collected by the parser)
+    # --load_best_args: dataset -> buffer size (0 for methods without a buffer) -> flags; name the source.
+    BEST_ARGS: dict = {}
 
     def __init__(self, net: nn.Module, args, setting: Setting):
         super().__init__()

@@ -20,6 +20,21 @@ class DERpp(ContinualModel):
     """
 
     USES_BUFFER = True
+    # --load_best_args: the paper's table (the authors' fno_contid/utils/best_args.py), shared by FC and FNO;
+    # seq-digits is this project's own choice.
+    BEST_ARGS = {
+        "seq-mnist": {200: dict(lr=0.03, minibatch_size=128, alpha=0.2, beta=1.0),
+                      500: dict(lr=0.03, minibatch_size=10, alpha=1.0, beta=0.5),
+                      5120: dict(lr=0.1, minibatch_size=64, alpha=0.2, beta=0.5)},
+        "seq-cifar10": {200: dict(lr=0.03, minibatch_size=32, alpha=0.1, beta=0.5),
+                        500: dict(lr=0.03, minibatch_size=32, alpha=0.2, beta=0.5),
+                        5120: dict(lr=0.03, minibatch_size=32, alpha=0.1, beta=1.0)},
+        "seq-cifar100": {b: dict(lr=0.03, minibatch_size=32, alpha=0.1, beta=0.5) for b in (200, 500, 5120)},
+        "seq-tinyimg": {200: dict(lr=0.03, minibatch_size=32, alpha=0.1, beta=1.0),
+                        500: dict(lr=0.03, minibatch_size=32, alpha=0.2, beta=0.5),
+                        5120: dict(lr=0.03, minibatch_size=32, alpha=0.1, beta=0.5)},
+        "seq-digits": {b: dict(lr=0.03, minibatch_size=10, alpha=0.2, beta=1.0) for b in (50, 200, 500)},
+    }
     FLAGS = {
         "alpha": Flag(non_negative(float), None, "weight of the logit-replay (MSE) term", required=True),
         "beta": Flag(non_negative(float), None, "weight of the label-replay (CE) term", required=True),

@@ -19,6 +19,17 @@ class ER(ContinualModel):
     """
 
     USES_BUFFER = True
+    # --load_best_args: dataset -> buffer size -> flags.  The paper's table (the authors' code,
+    # fno_contid/utils/best_args.py), shared by FC and FNO; seq-digits is this project's own choice.
+    BEST_ARGS = {
+        "seq-mnist": {200: dict(lr=0.01, minibatch_size=10), 500: dict(lr=0.1, minibatch_size=10),
+                      5120: dict(lr=0.1, minibatch_size=10)},
+        "seq-cifar10": {b: dict(lr=0.1, minibatch_size=32) for b in (200, 500, 5120)},
+        "seq-cifar100": {b: dict(lr=0.1, minibatch_size=32) for b in (200, 500, 5120)},
+        "seq-tinyimg": {200: dict(lr=0.1, minibatch_size=32), 500: dict(lr=0.03, minibatch_size=32),
+                        5120: dict(lr=0.1, minibatch_size=32)},
+        "seq-digits": {b: dict(lr=0.1, minibatch_size=10) for b in (50, 200, 500)},
+    }
 
     def replay_batch(self):
         buf_x, buf_y = self.buffer.sample(self.args.minibatch_size, "examples", "labels")
