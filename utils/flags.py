@@ -39,21 +39,6 @@ def canonical(value) -> str:
 def results_name(params: Dict[str, object]) -> str:
     """The file name (without ``.json``) of the run with these parameters: ``key=value`` pairs sorted by key.
 
-    Operational flags (output places, device, logging) are left out.  Characters
-    unsafe in file names are replaced, and a short hash of the exact pairs is
-    appended when anything was replaced or shortened, so names stay unique.
-    """
-    pairs = ",".join(f"{k}={canonical(v)}" for k, v in sorted(params.items())
-                     if k not in OPERATIONAL_FLAGS and v is not None)
-    name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", pairs)
-    if name != pairs or len(name) > MAX_NAME:
-        name = name[:MAX_NAME] + "," + hashlib.sha1(pairs.encode()).hexdigest()[:10]
-    return name or "defaults"
-
-
-def results_name(params: Dict[str, object]) -> str:
-    """The file name (without ``.json``) of the run with these parameters: ``key=value`` pairs sorted by key.
-
     Operational flags are left out.  Characters unsafe in file names are
     replaced, and a short hash of the exact pairs is appended when anything was
     replaced or shortened, so names stay unique.
