@@ -1,6 +1,10 @@
-"""Time a full seq-mnist ER run (buffer 200, best args: 6,000 optimizer steps at batch 10).
+"""Time full seq-mnist runs of each method (buffer 200, best args: 6,000 optimizer steps at batch 10 for ER).
 
-    python benchmarks/seq_mnist_speed.py [--data_path DIR] [--device cpu] [--model er] [--classifier fno]
+    python -m benchmarks.seq_mnist_speed [--data_path DIR] [--device cpu] [--models er,derpp] [--classifier fno]
+
+``--models`` takes a comma- or space-separated list (default: every registered
+method with seq-mnist best arguments at ``--buffer_size``; buffer-less methods
+run without a buffer).  Each run's line gives its wall time and its ratio to ER's.
 
 Uses the MNIST files under ``--data_path`` (``MNIST/raw/``) when they are
 there, otherwise synthetic data of MNIST's exact shape (60,000 + 10,000
@@ -13,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -21,12 +24,9 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from datasets.utils.idx import MNIST_FILES, find_file, write_idx
 
-# Only numpy here: the parent stays small, so the child's peak RSS (which counts the pages it
-# shares with the parent between fork and exec) measures main.py alone.
-from datasets.utils.idx import MNIST_FILES, find_file, write_idx  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def write_synthetic_mnist(root: str, seed: int = 0) -> None:
@@ -46,36 +46,71 @@ def write_synthetic_mnist(root: str, seed: int = 0) -> None:
         write_idx(os.path.join(raw, MNIST_FILES[split][1]), labels)
 
 
+def run_one(model: str, buffer_size: int, opts, data_path: str, tmp: str) -> dict:
+    """``main.py`` in a subprocess: (results, wall seconds, the child's own peak RSS in MiB)."""
+    out = os.path.join(tmp, f"{model}.json")
+    cmd = [sys.executable, os.path.join(ROOT, "main.py"), "--dataset", "seq-mnist", "--model", model,
+           "--buffer_size", str(buffer_size), "--load_best_args", "--classifier", opts.classifier,
+           "--masked_softmax", str(opts.masked_softmax), "--data_path", data_path, "--device", opts.device,
+           "--results_file", out]
+    start = time.perf_counter()
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp)
+    _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage, not the maximum over all children
+    wall = time.perf_counter() - start
+    error = child.stderr.read().decode(errors="replace").strip().splitlines()
+    child.stderr.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        return {"model": model, "error": error[-1] if error else f"exit status {status}"}
+    with open(out) as f:
+        res = json.load(f)
+    return {"model": model, "wall": wall, "peak_mib": usage.ru_maxrss / 1024, "res": res}
+
+
+def default_models(buffer_size: int) -> list:
+    from models import get_model_class, model_names
+    chosen = []
+    for name in model_names():
+        table = get_model_class(name).BEST_ARGS.get("seq-mnist", {})
+        if buffer_size in table or 0 in table:
+            chosen.append(name)
+    return chosen
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data_path", default="data")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--model", default="er", choices=("er", "derpp"))
-    p.add_argument("--classifier", default="fno", choices=("fc", "fno"))
+    p.add_argument("--models", nargs="+", default=None, help="methods, comma- or space-separated (default: all)")
+    p.add_argument("--classifier", default="fno")
+    p.add_argument("--masked_softmax", type=int, default=1, choices=(0, 1))
     p.add_argument("--buffer_size", type=int, default=200)
-    args = p.parse_args()
-    raw = os.path.join(args.data_path, "MNIST", "raw")
+    opts = p.parse_args()
+    models = ([m for part in opts.models for m in part.split(",") if m] if opts.models
+              else default_models(opts.buffer_size))
+    raw = os.path.join(opts.data_path, "MNIST", "raw")
     real = all(find_file(raw, s) for pair in MNIST_FILES.values() for s in pair)
+    from models import get_model_class
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        data_path = args.data_path if real else tmp
+        data_path = os.path.abspath(opts.data_path) if real else tmp
         if not real:
             write_synthetic_mnist(tmp)
-        out = os.path.join(tmp, "r.json")
-        cmd = [sys.executable, os.path.join(ROOT, "main.py"), "--dataset", "seq-mnist", "--model", args.model,
-               "--buffer_size", str(args.buffer_size), "--load_best_args", "--classifier", args.classifier,
-               "--masked_softmax", "1", "--data_path", data_path, "--device", args.device, "--results_file", out]
-        start = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        wall = time.perf_counter() - start
-        peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        with open(out) as f:
-            res = json.load(f)
-    steps = res["n_steps"]
-    print(f"data: {'real MNIST' if real else 'synthetic MNIST-shaped'}; {args.model} {args.classifier} masked, "
-          f"buffer {args.buffer_size}, device {res['device']}")
-    print(f"optimizer steps: {steps}  training: {res['train_time_s']:.2f} s ({steps / res['train_time_s']:.0f} steps/s)"
-          f"  wall time (start-up and evaluation included): {wall:.2f} s  peak RSS: {peak_mib:.0f} MiB")
-    print(f"Class-IL {res['class_il']:.2f}  Task-IL {res['task_il']:.2f}")
+        print(f"data: {'real MNIST' if real else 'synthetic MNIST-shaped'}; {opts.classifier}, "
+              f"masked={opts.masked_softmax}, buffer {opts.buffer_size}, device {opts.device}", flush=True)
+        for model in models:
+            buffer_size = opts.buffer_size if get_model_class(model).USES_BUFFER else 0
+            row = run_one(model, buffer_size, opts, data_path, tmp)
+            rows.append(row)
+            if "error" in row:
+                print(f"{model:10s} failed: {row['error']}", flush=True)
+                continue
+            res = row["res"]
+            print(f"{model:10s} {row['wall']:7.2f} s/run  {res['n_steps'] / res['train_time_s']:6.0f} steps/s  "
+                  f"peak RSS {row['peak_mib']:5.0f} MiB  Class-IL {res['class_il']:6.2f}  "
+                  f"Task-IL {res['task_il']:6.2f}", flush=True)
+    er = next((r["wall"] for r in rows if r["model"] == "er" and "wall" in r), None)
+    if er:
+        print("wall time / ER's: " + "  ".join(f"{r['model']} {r['wall'] / er:.2f}x" for r in rows if "wall" in r))
 
 
 if __name__ == "__main__":

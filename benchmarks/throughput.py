@@ -23,23 +23,19 @@ from __future__ import annotations
 import argparse
 import gc
 import math
-import os
 import resource
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from datasets import get_dataset_class  # noqa: E402
-from datasets.utils.cifar_io import write_cifar  # noqa: E402
-from datasets.utils.continual_dataset import Split  # noqa: E402
-from utils.args import parse_args  # noqa: E402
-from utils.progress import ProgressBar  # noqa: E402
-from utils.training import build_run, evaluate, run_experiment, stages, task_data, train_stage  # noqa: E402
+from datasets import get_dataset_class
+from datasets.utils.cifar_io import write_cifar
+from datasets.utils.continual_dataset import Split
+from utils.args import parse_args
+from utils.progress import ProgressBar
+from utils.training import build_run, evaluate, run_experiment, stages, task_data, train_stage
 
 DATASETS = ("seq-cifar10", "seq-cifar100", "seq-tinyimg")
 SIZES = {  # (training images per class, test images per class) of the real benchmarks
