@@ -15,7 +15,7 @@ from datasets.utils import cifar_io, tinyimagenet
 from datasets.utils.cifar_io import write_cifar
 from utils.errors import DataError
 
-CONSTANTS = {  # DESIGN.md section 3 and the issue, typed here independently of the code
+CONSTANTS = {  # the reference protocol (docs/fidelity.md), typed here independently of the code
     "seq-cifar10": dict(tasks=5, per_task=2, shape=(3, 32, 32), epochs=50, batch=32,
                         mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2615)),
     "seq-cifar100": dict(tasks=10, per_task=10, shape=(3, 32, 32), epochs=50, batch=32,
