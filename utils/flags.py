@@ -17,6 +17,7 @@ OPERATIONAL_FLAGS = frozenset({
     "nowand", "wandb_project", "wandb_entity", "wandb_name",
 })
 MAY_CHANGE_ON_RESUME = OPERATIONAL_FLAGS - {"device"}
+DATA_PATH_ENV = "FNO_CL_DATA"  # where the grid runner takes --data_path from when its command gives none
 MAX_NAME = 180
 
 
