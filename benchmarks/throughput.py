@@ -13,10 +13,10 @@ Two modes:
 
 No network and no real data are needed.  Examples (from the repository root)::
 
-    python benchmarks/throughput.py --device cuda --steps 500 --warmup 100
-    python benchmarks/throughput.py --device cuda --amp bf16 --channels_last 1 --compile reduce-overhead
-    python benchmarks/throughput.py --device cpu --dataset seq-cifar10 --steps 3 --warmup 2 --eval_images 64
-    python benchmarks/throughput.py --protocol --device cuda --amp bf16
+    python -m benchmarks.throughput --device cuda --steps 500 --warmup 100
+    python -m benchmarks.throughput --device cuda --amp bf16 --channels_last 1 --compile reduce-overhead
+    python -m benchmarks.throughput --device cpu --dataset seq-cifar10 --steps 3 --warmup 2 --eval_images 64
+    python -m benchmarks.throughput --protocol --device cuda --amp bf16
 """
 from __future__ import annotations
 
@@ -232,8 +232,9 @@ def protocol(opts) -> None:
           f"(synthetic data: chance level expected)", flush=True)
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_options(argv=None) -> argparse.Namespace:
+    """The benchmark's options (also used by ``benchmarks.gpu_check`` to build its measurements)."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="all", help=f"one of {', '.join(DATASETS)}, a comma list, or all")
     p.add_argument("--models", default="er,derpp", help="comma list of methods (default er,derpp)")
     p.add_argument("--heads", default="fc,fno", help="comma list of heads (default fc,fno)")
@@ -257,12 +258,17 @@ def main(argv=None) -> None:
                    help="test images per class of --protocol (default 1000, the real size)")
     opts = p.parse_args(argv)
     opts.dataset = list(DATASETS) if opts.dataset == "all" else opts.dataset.split(",")
-    opts.models, opts.heads = opts.models.split(","), opts.heads.split(",")
+    opts.models, opts.heads = opts.models.replace(" ", ",").split(","), opts.heads.replace(" ", ",").split(",")
     for name in opts.dataset:
         if name not in DATASETS:
             p.error(f"unknown --dataset {name!r}; valid choices: {', '.join(DATASETS)}, all")
     if min(opts.steps, opts.warmup) < 1:
         p.error("--steps and --warmup must be at least 1")
+    return opts
+
+
+def main(argv=None) -> None:
+    opts = parse_options(argv)
     protocol(opts) if opts.protocol else table(opts)
 
 
