@@ -1,15 +1,19 @@
-"""What the trainer does besides the protocol, as callbacks: progress, wandb, collapse metrics, checkpoints.
+"""What a trainer does besides its protocol, as callbacks: progress, wandb, checkpoints (and collapse metrics).
 
-The trainer calls, for every callback in order: ``on_step`` after each
-optimizer step, ``on_task_end`` after each task's evaluation (the task's
-accuracies are the last rows of ``history``), and ``on_run_end`` once, with the
-results on success (``exit_code`` 0) or ``None`` (130: interrupted, 1: failed).
-A callback that needs another's output comes after it in the list
-(collapse metrics before wandb and the checkpoint, which store them).
+Both trainers run in stages - a task for ``main.py``, an epoch for
+``main_lt.py`` - and call, for every callback in order: ``on_step`` after
+each optimizer step, ``on_stage_end`` after each stage's evaluation (with the
+``history`` a checkpoint stores; ``history['stages_done']`` counts the
+completed stages), and ``on_run_end`` once, with the results on success
+(``exit_code`` 0) or ``None`` (130: interrupted, 1: failed).  A callback that
+needs another's output comes after it in the list (collapse metrics before
+wandb and the checkpoint, which store them).  ``Progress``, ``Wandb`` and
+``Checkpoint`` serve both trainers; ``standard_callbacks`` is ``main.py``'s
+list, ``longtail.callbacks`` the long-tail one.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 from utils.checkpoint import save_checkpoint
 from utils.collapse import summary as collapse_summary, task_collapse_metrics
@@ -19,22 +23,28 @@ from utils.wandb_logger import WandbLogger
 
 
 class Callback:
-    def on_step(self, run, task: int, step: int, total: int, loss) -> None:
+    def on_step(self, run, stage: int, step: int, total: int, loss) -> None:
         """``loss`` is a device tensor: reading it waits for the device, so read it only to show it."""
 
-    def on_task_end(self, run, task: int, history: dict) -> None:
+    def on_stage_end(self, run, stage: int, history: dict) -> None:
         pass
+
+    def on_task_end(self, run, task: int, history: dict) -> None:
+        """The name the continual trainer (``utils.training``) calls ``on_stage_end`` by: a stage is a task there."""
+        self.on_stage_end(run, task, history)
 
     def on_run_end(self, run, results: Optional[dict], exit_code: int) -> None:
         pass
 
 
 class Progress(Callback):
-    def __init__(self, bar: ProgressBar):
-        self.bar = bar
+    """The progress bar of each stage; ``label(run, stage)`` names the stage ("Task 2/5", "Epoch 7/200")."""
 
-    def on_step(self, run, task, step, total, loss):
-        self.bar.update(f"Task {task + 1}/{run.dataset.N_TASKS}", step, total, loss)
+    def __init__(self, bar: ProgressBar, label: Callable[[object, int], str]):
+        self.bar, self.label = bar, label
+
+    def on_step(self, run, stage, step, total, loss):
+        self.bar.update(self.label(run, stage), step, total, loss)
         if step == total:
             self.bar.close()
 
@@ -43,61 +53,80 @@ class Progress(Callback):
             self.bar.close()
 
 
+def task_label(run, task: int) -> str:
+    return f"Task {task + 1}/{run.dataset.N_TASKS}"
+
+
 class Collapse(Callback):
     """``--collapse_metrics 1``: neural-collapse metrics of the seen tasks' training data after each task."""
 
     def __init__(self, log):
         self.log = log
 
-    def on_task_end(self, run, task, history):
+    def on_stage_end(self, run, task, history):
         metrics = task_collapse_metrics(run, task + 1)
         history["collapse"].append(metrics)
         self.log(f"  collapse: {collapse_summary(metrics)}")
 
 
 class Wandb(Callback):
+    """The training loss every few steps and the final metrics; what a stage logs is the subclass's."""
+
     def __init__(self, logger: WandbLogger):
         self.logger = logger
 
-    def on_step(self, run, task, step, total, loss):
+    def on_step(self, run, stage, step, total, loss):
         self.logger.train_step(loss)
-
-    def on_task_end(self, run, task, history):
-        collapse = history["collapse"][-1] if run.args.collapse_metrics else None
-        self.logger.task_done(task, history["rows_cil"][-1], history["rows_til"][-1], collapse)
 
     def on_run_end(self, run, results, exit_code):
         self.logger.finish(results, exit_code=exit_code) if results else self.logger.finish(exit_code=exit_code)
 
 
-class Checkpoint(Callback):
-    """``--checkpoint_dir``: the run saved after every task; what an interruption kept is said on the way out."""
+class TaskWandb(Wandb):
+    """After each task: its Class-IL and Task-IL rows (and collapse metrics when computed)."""
 
-    def __init__(self, directory: str, logger: WandbLogger, log, done: int = 0):
-        self.directory, self.logger, self.log = directory, logger, log
+    def on_stage_end(self, run, task, history):
+        collapse = history["collapse"][-1] if run.args.collapse_metrics else None
+        self.logger.task_done(task, history["rows_cil"][-1], history["rows_til"][-1], collapse)
+
+
+class Checkpoint(Callback):
+    """``--checkpoint_dir``: the run saved after every ``every``-th stage and after the ``last`` one, by
+    ``save(directory, run, history, logger_state)``; what an interruption kept is said on the way out.
+
+    ``stage`` names a stage in messages ("task", "epoch").
+    """
+
+    def __init__(self, directory: str, save: Callable, logger_state: Callable[[], dict], log, stage: str = "task",
+                 done: int = 0, every: int = 1, last: Optional[int] = None):
+        self.directory, self.save, self.logger_state, self.log = directory, save, logger_state, log
+        self.stage, self.every, self.last = stage, every, last
         self.done = done  # stages the checkpoint holds
 
-    def on_task_end(self, run, task, history):
+    def on_stage_end(self, run, stage, history):
+        completed = history["stages_done"]
+        if completed % self.every and completed != self.last:
+            return
         try:
-            save_checkpoint(self.directory, run, history, self.logger.state())
+            self.save(self.directory, run, history, self.logger_state())
         except OSError as exc:
-            raise UserError(f"could not write the checkpoint to {self.directory} after task {task + 1}: "
+            raise UserError(f"could not write the checkpoint to {self.directory} after {self.stage} {stage + 1}: "
                             f"{exc.strerror or exc}; the previous checkpoint there (if any) is intact: free space "
                             f"or pick another --checkpoint_dir and rerun with --resume") from None
-        self.done = history["stages_done"]
+        self.done = completed
 
     def on_run_end(self, run, results, exit_code):
         if exit_code == 130:
-            self.log(f"Interrupted after {self.done} completed task(s); the checkpoint in {self.directory} "
+            self.log(f"Interrupted after {self.done} completed {self.stage}(s); the checkpoint in {self.directory} "
                      f"keeps them: rerun with --resume to continue")
 
 
 def standard_callbacks(args, progress: ProgressBar, log, logger: WandbLogger, stages_done: int = 0) -> list:
     """The callbacks ``main.py`` runs with, in the order their outputs depend on each other."""
-    callbacks = [Progress(progress)]
+    callbacks = [Progress(progress, task_label)]
     if args.collapse_metrics:
         callbacks.append(Collapse(log))
-    callbacks.append(Wandb(logger))
+    callbacks.append(TaskWandb(logger))
     if args.checkpoint_dir:
-        callbacks.append(Checkpoint(args.checkpoint_dir, logger, log, stages_done))
+        callbacks.append(Checkpoint(args.checkpoint_dir, save_checkpoint, logger.state, log, "task", stages_done))
     return callbacks
