@@ -1,112 +1,68 @@
-"""The paper-style table of a directory of results files: ``python -m utils.summarize DIR [--plots OUT]``.
+"""The tables of a directory of results files: ``python -m utils.summarize DIR [--plots OUT] [--latex OUT.tex]``.
 
-Continual-learning runs: rows (method, classifier), columns (benchmark, buffer,
-Class-IL / Task-IL), cells "mean ± std (n seeds)"; the method is the model
-name, with "+M" when the masked softmax was on.  Below the classifiers of a
-method, the "FNO - FC" row is a paired comparison: FC and FNO runs with the same
-seed share the data order, the initialisation of every shared layer and the
-buffer draws, so the per-seed differences d_i = FNO_i - FC_i over the seeds both
-have are what is compared: their mean, its 95% confidence interval
-mean ± t(0.975, n-1) * sd / sqrt(n), and the two-sided paired t-test's p-value.
+Continual-learning runs: one table per (benchmark, buffer size); rows (method,
+head), columns final Class-IL / Task-IL accuracy, forgetting and backward
+transfer in both settings; cells "mean ± std (n seeds)".  The method is the
+model name with "+M" when the masked softmax was on; the head is the
+classifier, with any head-owned flag that differs from its default (e.g.
+``fno fno_scale=0``).  Every fixed head (``FIXED`` in ``backbone.heads``) is
+compared with FC in a paired row, e.g. "FNO - FC": runs with the same seed
+share the data order, the initialisation of every shared layer and the buffer
+draws, so the per-seed differences d_i = HEAD_i - FC_i over the seeds both have
+are what is compared: their mean, its 95% confidence interval
+mean ± t(0.975, n-1) * sd / sqrt(n), and the two-sided paired t-test's p-value
+(Student's t from scipy.stats).
 
-Long-tail runs (``"setting": "long-tail"``) get their own table: rows method,
-columns (dataset, imbalance ratio, overall / many / medium / few-shot accuracy).
+Long-tail runs (``"setting": "long-tail"``): one table per (dataset, imbalance
+ratio); rows method, columns overall / many / medium / few-shot accuracy of the
+final epoch (the headline) and of the best epoch, which was selected on the
+test set.
 
-Every ``*.json`` under DIR is read; a file that cannot be read, is not a results
-file or lacks a field is reported by name and left out, never averaged in.
-The table is printed and written beside the results as ``summary.csv`` (one
+``--select_on validation`` keeps, per configuration, the hyper-parameters with
+the best mean validation Class-IL and reports their test accuracy.  Runs marked
+``"partial": true`` (debug / smoke runs) are never mixed with full runs: they are
+left out, or summarized apart with ``--include_partial``.
+
+Every ``*.json`` under DIR is read (``utils.results``); a file that cannot be
+read, is not a results file or lacks a field is reported by name and left out.
+The tables are printed and written beside the results as ``summary.csv`` (one
 numeric row per cell) and ``summary.md``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import re
 import sys
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import pandas as pd
+from scipy import stats as scipy_stats
 
-from utils.flags import OPERATIONAL_FLAGS
+from utils import plots
 from utils.io import atomic_write_bytes
+from utils.results import CL_METRICS, LT_EPOCHS, LT_METRICS, lt_key, read_directory
 
 BENCHMARK_ORDER = ("seq-digits", "seq-mnist", "seq-cifar10", "seq-cifar100", "seq-tinyimg")
-METRICS = {"Class-IL": "class_il", "Task-IL": "task_il"}
-LT_METRICS = {"Acc": "accuracy", "Many": "many_acc", "Medium": "medium_acc", "Few": "few_acc"}
-DELTA = "FNO - FC"
-# Arguments that do not change what a run computes, beyond the output and logging flags: the seed varies
-# within a cell by design, the model's alias resolves to the model and flags, and --load_best_args
-# resolves to the hyper-parameters it sets, which are compared themselves.
-NOT_COMPARED = OPERATIONAL_FLAGS | {"seed", "model_name", "load_best_args"}
+BASELINE_HEAD = "fc"
+LATEX_METRICS = ("Class-IL", "Task-IL")
+SWEPT_HYPERPARAMETERS = ("lr", "minibatch_size")  # and every flag the method declares (its FLAGS)
+STATS_COLUMNS = ["dataset", "buffer", "method", "row", "delta", "metric", "mean", "std", "n",
+                 "ci_low", "ci_high", "p"]
 
 
 # ----------------------------------------------------------------------------------------------
-# Student's t distribution, from the regularised incomplete beta function (no SciPy needed).
+# Statistics.
 
-def betainc(a: float, b: float, x: float) -> float:
-    """The regularised incomplete beta function I_x(a, b), by its continued fraction (modified Lentz).
-
-    The fraction converges fast for x < (a + 1) / (a + b + 2); above that the
-    symmetry I_x(a, b) = 1 - I_{1-x}(b, a) is used.
-    """
-    if not 0.0 <= x <= 1.0:
-        raise ValueError(f"betainc needs 0 <= x <= 1, got {x}")
-    if x in (0.0, 1.0):
-        return x
-    if x > (a + 1.0) / (a + b + 2.0):
-        return 1.0 - betainc(b, a, 1.0 - x)
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    tiny = 1e-300
-
-    def guard(v):
-        return v if abs(v) > tiny else tiny
-
-    c, d = 1.0, 1.0 / guard(1.0 - (a + b) * x / (a + 1.0))
-    fraction = d
-    for m in range(1, 1000):
-        # Even step, then odd step, of the continued fraction's coefficients.
-        even = m * (b - m) * x / ((a + 2 * m - 1.0) * (a + 2 * m))
-        d = 1.0 / guard(1.0 + even * d)
-        c = guard(1.0 + even / c)
-        fraction *= d * c
-        odd = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1.0))
-        d = 1.0 / guard(1.0 + odd * d)
-        c = guard(1.0 + odd / c)
-        fraction *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return math.exp(log_front) * fraction / a
+def t_critical(df: float, level: float = 0.95) -> float:
+    """The two-sided ``level`` critical value of Student's t with ``df`` degrees of freedom."""
+    return float(scipy_stats.t.ppf(0.5 + level / 2.0, df))
 
 
-def t_two_sided_p(t: float, df: float) -> float:
-    """P(|T| >= |t|) for Student's t with ``df`` degrees of freedom: I_{df/(df+t^2)}(df/2, 1/2)."""
-    if math.isinf(t):
-        return 0.0
-    return betainc(df / 2.0, 0.5, df / (df + t * t))
-
-
-def t_cdf(t: float, df: float) -> float:
-    half_tail = t_two_sided_p(t, df) / 2.0
-    return 1.0 - half_tail if t > 0 else half_tail
-
-
-def t_quantile(q: float, df: float) -> float:
-    """The t value with P(T <= t) = q, by bisection on ``t_cdf`` (monotone) to machine precision."""
-    if not 0.0 < q < 1.0:
-        raise ValueError(f"quantile level must be in (0, 1), got {q}")
-    if q < 0.5:
-        return -t_quantile(1.0 - q, df)
-    low, high = 0.0, 1.0
-    while t_cdf(high, df) < q:
-        low, high = high, 2.0 * high
-    for _ in range(200):
-        mid = (low + high) / 2.0
-        if mid in (low, high):
-            break
-        low, high = (mid, high) if t_cdf(mid, df) < q else (low, mid)
-    return (low + high) / 2.0
+def two_sided_p(t: float, df: float) -> float:
+    """P(|T| >= |t|) for Student's t with ``df`` degrees of freedom."""
+    return float(2.0 * scipy_stats.t.sf(abs(t), df))
 
 
 def paired_comparison(differences: List[float], level: float = 0.95) -> dict:
@@ -118,96 +74,82 @@ def paired_comparison(differences: List[float], level: float = 0.95) -> dict:
         return out
     sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
     se = sd / math.sqrt(n)
-    half = t_quantile(0.5 + level / 2.0, n - 1) * se
+    half = t_critical(n - 1, level) * se
     if se == 0.0:
         t = 0.0 if mean == 0.0 else math.copysign(math.inf, mean)
     else:
         t = mean / se
-    out.update(sd=sd, ci_low=mean - half, ci_high=mean + half, p=t_two_sided_p(t, n - 1))
+    out.update(sd=sd, ci_low=mean - half, ci_high=mean + half, p=two_sided_p(t, n - 1))
     return out
 
 
 # ----------------------------------------------------------------------------------------------
-# Reading results files.
+# Heads and configurations.
 
-class BadResults(ValueError):
-    """Why a file is left out."""
-
-
-def _number(results: dict, key: str, where: str = "", optional: bool = False) -> float:
-    """A finite number; with ``optional`` an explicit null (e.g. an empty few-shot group) is NaN."""
-    value = results.get(key)
-    if optional and key in results and value is None:
-        return math.nan
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise BadResults(f"field {where}{key!r} is missing or not a finite number ({value!r})")
-    return float(value)
+def fixed_heads() -> set:
+    """The registered heads whose class matrix is fixed: each is paired against FC."""
+    from backbone.heads import get_head_class, head_names
+    return {name for name in head_names() if get_head_class(name).FIXED}
 
 
-def _field(args: dict, key: str):
-    if args.get(key) is None:
-        raise BadResults(f"field 'args.{key}' is missing")
-    return args[key]
+def head_flag_names() -> set:
+    """Every flag a registered head declares (e.g. fno_scale): paired runs may differ in these."""
+    from backbone.heads import get_head_class, head_names
+    return {flag for name in head_names() for flag in get_head_class(name).FLAGS}
 
 
-def _matrix(results: dict, key: str) -> List[list]:
-    m = results.get(key)
-    if not isinstance(m, list) or not m or not all(isinstance(r, list) for r in m):
-        raise BadResults(f"field {key!r} is missing or not a list of rows")
-    if any(v is None for v in m[-1]) or not all(v is None or isinstance(v, (int, float)) for r in m for v in r):
-        raise BadResults(f"field {key!r} is incomplete (the last row must hold every task's accuracy)")
-    return m
+def head_order(head: str):
+    return (head != BASELINE_HEAD, head)
 
 
-def read_record(path: str) -> Tuple[str, dict]:
-    """('cl' | 'long-tail', one flat record) from a results file, or ``BadResults``."""
+def display_head(head: str) -> str:
+    """A head as shown in paired rows and plots: "FNO", "FNO fno_scale=0"."""
+    classifier, *flags = head.split()
+    return " ".join([classifier.upper()] + flags)
+
+
+def delta_label(head: str) -> str:
+    """The paired row of a head against FC: "FNO - FC", "FNO fno_scale=0 - FC"."""
+    return f"{display_head(head)} - {display_head(BASELINE_HEAD)}"
+
+
+def swept_flags(model: str) -> tuple:
+    """The hyper-parameters a selection may choose for ``model``: lr, minibatch_size and the method's flags."""
+    from models import get_model_class
+    from utils.registry import UnknownNameError
     try:
-        with open(path) as f:
-            results = json.load(f)
-    except OSError as exc:
-        raise BadResults(f"cannot read it ({exc.strerror})") from None
-    except ValueError as exc:
-        raise BadResults(f"not valid JSON ({exc})") from None
-    if not isinstance(results, dict) or not isinstance(results.get("args"), dict):
-        raise BadResults("not a results file (no 'args' mapping)")
-    args = results["args"]
-    identity = {k: v for k, v in args.items() if k not in NOT_COMPARED}
-    record = {"path": path, "seed": _field(args, "seed"), "dataset": _field(args, "dataset"), "identity": identity}
-    if results.get("setting") == "long-tail":
-        record.update(method=_field(args, "method"), imbalance_ratio=_field(args, "imbalance_ratio"))
-        # many/medium/few are null when the split has no class in that group
-        record.update({label: _number(results, key, optional=key != "accuracy") for label, key in LT_METRICS.items()})
-        return "long-tail", record
-    record.update(method=str(_field(args, "model")) + ("+M" if args.get("masked_softmax") else ""),
-                  classifier=str(_field(args, "classifier")), buffer=_field(args, "buffer_size"),
-                  matrix=_matrix(results, "acc_matrix_class_il"))
-    _matrix(results, "acc_matrix_task_il")
-    record.update({label: _number(results, key) for label, key in METRICS.items()})
-    return "cl", record
+        own = tuple(sorted(get_model_class(model).FLAGS))
+    except UnknownNameError:
+        own = ()
+    return SWEPT_HYPERPARAMETERS + own
 
 
-def load_directory(directory: str, report=print) -> Dict[str, pd.DataFrame]:
-    """Every readable results file under ``directory``, as one DataFrame per setting; problems reported."""
-    records = {"cl": [], "long-tail": []}
-    seen: Dict[tuple, str] = {}
-    for root, dirs, files in os.walk(directory):
-        dirs.sort()
-        for name in sorted(files):
-            if not name.endswith(".json"):
-                continue
-            path = os.path.join(root, name)
-            try:
-                setting, record = read_record(path)
-            except BadResults as exc:
-                report(f"skipped {path}: {exc}")
-                continue
-            key = (setting, json.dumps(record["identity"], sort_keys=True, default=str), record["seed"])
-            if key in seen:
-                report(f"skipped {path}: the same run (same arguments and seed) as {seen[key]}")
-                continue
-            seen[key] = path
-            records[setting].append(record)
-    return {setting: pd.DataFrame(rows) for setting, rows in records.items()}
+def _describe(values: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in values.items())
+
+
+def select_on_validation(frame: pd.DataFrame, report=print) -> pd.DataFrame:
+    """Per configuration (runs equal in every flag but the seed and the swept hyper-parameters), the runs of
+    the hyper-parameter setting with the best mean validation Class-IL; ties go to the first setting in
+    sorted order.  Reports each choice in one line."""
+    chosen = []
+    configs, settings = [], []
+    for row in frame.itertuples():
+        swept = swept_flags(row.model)
+        configs.append(json.dumps({k: v for k, v in row.identity.items() if k not in swept}, sort_keys=True,
+                                  default=str))
+        settings.append(json.dumps({k: row.identity.get(k) for k in swept}, sort_keys=True, default=str))
+    frame = frame.assign(_config=configs, _setting=settings)
+    for _, group in frame.groupby("_config", sort=True):
+        means = group.groupby("_setting", sort=True)["val_class_il"].mean()
+        best = means.idxmax()
+        runs = group[group["_setting"] == best]
+        first = runs.iloc[0]
+        report(f"selected {_describe(json.loads(best))} for {first['dataset']}, buffer {first['buffer']}, "
+               f"{first['method']}, {first['head']}: validation Class-IL {means[best]:.2f} "
+               f"({len(runs)} seed(s)), best of {len(means)} setting(s)")
+        chosen.append(runs)
+    return pd.concat(chosen).drop(columns=["_config", "_setting"])
 
 
 def warn_mixed_settings(frame: pd.DataFrame, cell: List[str], report=print) -> None:
@@ -217,19 +159,25 @@ def warn_mixed_settings(frame: pd.DataFrame, cell: List[str], report=print) -> N
         differing = sorted(k for k in set().union(*identities) if len({repr(i.get(k)) for i in identities}) > 1)
         if differing:
             report(f"warning: the runs of {dict(zip(cell, key))} differ in {', '.join(differing)}; "
-                   f"they are averaged together")
+                   f"they are averaged together (--select_on validation picks one setting per configuration)")
 
 
-def warn_unpaired(frame: pd.DataFrame, report=print) -> None:
-    """Report FC/FNO pairs (same cell and seed) that differ in more than the classifier."""
-    for key, group in frame.groupby(["dataset", "buffer", "method", "seed"], sort=True):
-        by_head = {row.classifier: row.identity for row in group.itertuples()}
-        if "fc" in by_head and "fno" in by_head:
-            differing = sorted(k for k in set(by_head["fc"]) | set(by_head["fno"])
-                               if k != "classifier" and by_head["fc"].get(k) != by_head["fno"].get(k))
+def warn_unpaired(frame: pd.DataFrame, fixed: set, ignore: set, report=print) -> None:
+    """Report head/FC pairs (same cell and seed) that differ in more than the head (and ``ignore``)."""
+    keys = ["dataset", "buffer", "method", "seed"]
+    for key, group in frame.groupby(keys, sort=True):
+        by_head = {row.head: row.identity for row in group.itertuples()}
+        if BASELINE_HEAD not in by_head:
+            continue
+        fc = by_head[BASELINE_HEAD]
+        for head, identity in sorted(by_head.items()):
+            if head.split()[0] not in fixed:
+                continue
+            differing = sorted(k for k in set(fc) | set(identity)
+                               if k not in ignore and fc.get(k) != identity.get(k))
             if differing:
-                report(f"warning: the FC and FNO runs of {dict(zip(['dataset', 'buffer', 'method', 'seed'], key))} "
-                       f"also differ in {', '.join(differing)}: not a clean paired comparison")
+                report(f"warning: the FC and {head} runs of {dict(zip(keys, key))} also differ in "
+                       f"{', '.join(differing)}: not a clean paired comparison")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,30 +187,42 @@ def _benchmark_key(name: str):
     return (BENCHMARK_ORDER.index(name), name) if name in BENCHMARK_ORDER else (len(BENCHMARK_ORDER), name)
 
 
-def cl_statistics(frame: pd.DataFrame) -> pd.DataFrame:
-    """One numeric row per (dataset, buffer, method, row, metric): the classifiers' mean/std/n and the deltas."""
+def _std(values: pd.Series) -> float:
+    return float(values.std(ddof=1)) if len(values) > 1 else math.nan
+
+
+def cl_statistics(frame: pd.DataFrame, fixed: set) -> pd.DataFrame:
+    """One numeric row per (dataset, buffer, method, row, metric): each head's mean/std/n and each fixed
+    head's paired difference from FC (``delta`` True)."""
     rows = []
     for (dataset, buffer, method), group in frame.groupby(["dataset", "buffer", "method"], sort=False):
-        for label in METRICS:
-            for classifier, runs in group.groupby("classifier", sort=True):
-                values = runs[label]
-                rows.append(dict(dataset=dataset, buffer=buffer, method=method, row=classifier, metric=label,
-                                 mean=values.mean(), std=values.std(ddof=1), n=len(values)))
-            heads = group.pivot(index="seed", columns="classifier", values=label)
-            if {"fc", "fno"} <= set(heads.columns):
-                pairs = heads[["fc", "fno"]].dropna()
-                stats = paired_comparison((pairs["fno"] - pairs["fc"]).tolist())
-                rows.append(dict(dataset=dataset, buffer=buffer, method=method, row=DELTA, metric=label,
-                                 mean=stats["mean"], std=stats["sd"], n=stats["n"], ci_low=stats["ci_low"],
-                                 ci_high=stats["ci_high"], p=stats["p"]))
-    stats = pd.DataFrame(rows, columns=["dataset", "buffer", "method", "row", "metric", "mean", "std", "n",
-                                        "ci_low", "ci_high", "p"])
-    order = stats["dataset"].map(_benchmark_key)
-    return stats.assign(_order=order).sort_values(["_order", "buffer", "method"], kind="stable").drop(columns="_order")
+        heads = sorted(group["head"].unique(), key=head_order)
+        base = dict(dataset=dataset, buffer=buffer, method=method)
+        for metric in CL_METRICS:
+            for head in heads:
+                values = group.loc[group["head"] == head, metric].dropna()
+                if len(values):
+                    rows.append(dict(base, row=head, delta=False, metric=metric, mean=float(values.mean()),
+                                     std=_std(values), n=len(values)))
+            per_seed = group.groupby(["seed", "head"])[metric].mean().unstack("head")
+            for head in heads:
+                if head.split()[0] not in fixed or BASELINE_HEAD not in per_seed.columns:
+                    continue
+                pairs = per_seed[[BASELINE_HEAD, head]].dropna()
+                if len(pairs):
+                    s = paired_comparison((pairs[head] - pairs[BASELINE_HEAD]).tolist())
+                    rows.append(dict(base, row=delta_label(head), delta=True, metric=metric, mean=s["mean"],
+                                     std=s["sd"], n=s["n"], ci_low=s["ci_low"], ci_high=s["ci_high"], p=s["p"]))
+    stats = pd.DataFrame(rows, columns=STATS_COLUMNS)
+    if stats.empty:
+        return stats
+    order = stats.apply(lambda r: (_benchmark_key(r["dataset"]), r["buffer"], r["method"], r["delta"],
+                                   head_order(r["row"])), axis=1)
+    return stats.assign(_order=order).sort_values("_order", kind="stable").drop(columns="_order")
 
 
 def format_cell(row) -> str:
-    if row["row"] == DELTA:
+    if row.get("delta", False):
         if row["n"] < 2:
             return f"{row['mean']:+.2f} ({row['n']})"
         p = "p<0.001" if row["p"] < 0.001 else f"p={row['p']:.3f}"
@@ -272,36 +232,53 @@ def format_cell(row) -> str:
     return f"{row['mean']:.2f} ± {row['std']:.2f} ({row['n']})"
 
 
-def cl_tables(stats: pd.DataFrame) -> Dict[str, pd.DataFrame]:
-    """Per benchmark, the display table: rows (method, classifier / FNO - FC), columns (buffer, metric)."""
+def _ordered_pivot(part: pd.DataFrame, index: List[str], columns, column_order: List) -> pd.DataFrame:
+    """The cells of ``part`` as a table, rows in the order they appear in ``part``."""
+    part = part.assign(cell=part.apply(format_cell, axis=1))
+    table = part.pivot_table(index=index, columns=columns, values="cell", aggfunc="first", sort=False)
+    rows = list(dict.fromkeys(part[index].itertuples(index=False, name=None)))
+    if len(index) == 1:
+        rows = [r[0] for r in rows]
+    table = table.reindex(index=rows, columns=[c for c in column_order if c in table.columns])
+    return table.fillna("")
+
+
+def cl_tables(stats: pd.DataFrame) -> Dict[tuple, pd.DataFrame]:
+    """Per (benchmark, buffer), the display table: rows (method, head / paired row), columns metrics."""
     tables = {}
-    for dataset, part in stats.groupby("dataset", sort=False):
-        part = part.assign(cell=part.apply(format_cell, axis=1))
-        table = part.pivot_table(index=["method", "row"], columns=["buffer", "metric"], values="cell",
-                                 aggfunc="first", sort=False)
-        columns = sorted(table.columns, key=lambda c: (c[0], list(METRICS).index(c[1])))
-        table = table.reindex(columns=columns, index=sorted(table.index, key=lambda r: (r[0], r[1] == DELTA, r[1])))
-        table.columns = pd.MultiIndex.from_tuples([(f"buffer {b}", m) for b, m in columns])
+    for (dataset, buffer), part in stats.groupby(["dataset", "buffer"], sort=False):
+        table = _ordered_pivot(part, ["method", "row"], "metric", list(CL_METRICS))
         table.index.names = ["method", "classifier"]
-        tables[dataset] = table.fillna("")
+        table.columns.name = None
+        tables[(dataset, buffer)] = table
     return tables
 
 
-def lt_table(frame: pd.DataFrame) -> Tuple[pd.DataFrame, pd.DataFrame]:
-    """Long-tail runs: the numeric statistics and the display table (rows method, columns dataset/ratio/metric)."""
-    long = frame.melt(id_vars=["dataset", "imbalance_ratio", "method", "seed"], value_vars=list(LT_METRICS),
-                      var_name="metric", value_name="value").dropna(subset=["value"])
-    stats = (long.groupby(["dataset", "imbalance_ratio", "method", "metric"], sort=True)["value"]
-             .agg(mean="mean", std=lambda v: v.std(ddof=1), n="size").reset_index())
-    stats = stats.rename(columns={"method": "row"})
-    cells = stats.assign(cell=stats.apply(format_cell, axis=1))
-    table = cells.pivot_table(index="row", columns=["dataset", "imbalance_ratio", "metric"], values="cell",
-                              aggfunc="first")
-    columns = sorted(table.columns, key=lambda c: (c[0], c[1], list(LT_METRICS).index(c[2])))
-    table = table.reindex(columns=columns)
-    table.columns = pd.MultiIndex.from_tuples([(d, f"ratio {r}", m) for d, r, m in columns])
-    table.index.name = "method"
-    return stats, table.fillna("")
+def lt_statistics(frame: pd.DataFrame) -> pd.DataFrame:
+    """Long-tail runs: mean/std/n per (dataset, ratio, method, epoch, metric)."""
+    long = [dict(dataset=r["dataset"], imbalance_ratio=r["imbalance_ratio"], method=r["method"], epoch=epoch,
+                 metric=metric, value=r[lt_key(epoch, metric)])
+            for r in frame.to_dict("records") for epoch in LT_EPOCHS for metric in LT_METRICS
+            if not math.isnan(r[lt_key(epoch, metric)])]
+    long = pd.DataFrame(long, columns=["dataset", "imbalance_ratio", "method", "epoch", "metric", "value"])
+    stats = (long.groupby(["dataset", "imbalance_ratio", "method", "epoch", "metric"], sort=True)["value"]
+             .agg(mean="mean", std=_std, n="size").reset_index())
+    order = stats.apply(lambda r: (r["dataset"], r["imbalance_ratio"], r["method"], list(LT_EPOCHS).index(r["epoch"]),
+                                   list(LT_METRICS).index(r["metric"])), axis=1)
+    stats = stats.assign(_order=order).sort_values("_order", kind="stable").drop(columns="_order")
+    return stats.rename(columns={"method": "row"}).assign(delta=False)
+
+
+def lt_tables(stats: pd.DataFrame) -> Dict[tuple, pd.DataFrame]:
+    """Per (dataset, ratio): rows method, columns (epoch, metric)."""
+    tables = {}
+    for (dataset, ratio), part in stats.groupby(["dataset", "imbalance_ratio"], sort=False):
+        order = [(e, m) for e in LT_EPOCHS for m in LT_METRICS]
+        table = _ordered_pivot(part, ["row"], ["epoch", "metric"], order)
+        table.index.name = "method"
+        table.columns.names = [None, None]
+        tables[(dataset, ratio)] = table
+    return tables
 
 
 def to_markdown(table: pd.DataFrame) -> str:
@@ -320,18 +297,87 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 def _flat_columns(table: pd.DataFrame) -> pd.DataFrame:
     out = table.copy()
-    out.columns = [" ".join(str(v) for v in c) for c in table.columns]
+    out.columns = [" ".join(str(v) for v in c) if isinstance(c, tuple) else str(c) for c in table.columns]
     return out
 
 
 # ----------------------------------------------------------------------------------------------
-# Plots (matplotlib, Agg backend: files only).
+# LaTeX: the paper's layout, rows (buffer, method, head / paired row), columns (benchmark, Class-IL / Task-IL).
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text) -> str:
+    return "".join(_LATEX_SPECIAL.get(c, c) for c in str(text))
+
+
+def latex_cell(row) -> str:
+    """mean with the std as a subscript; a paired row: mean difference with its 95% CI as a subscript."""
+    if row["delta"]:
+        if row["n"] < 2:
+            return f"${row['mean']:+.2f}$"
+        return f"${row['mean']:+.2f}_{{[{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]}}$"
+    if row["n"] < 2:
+        return f"${row['mean']:.2f}$"
+    return f"${row['mean']:.2f}_{{\\pm {row['std']:.2f}}}$"
+
+
+def latex_row_label(row: str, delta: bool) -> str:
+    if delta:
+        left, right = row.rsplit(" - ", 1)
+        return f"{latex_escape(left)}$-${latex_escape(right)}"
+    return latex_escape(display_head(row))
+
+
+def to_latex(stats: pd.DataFrame) -> str:
+    """A complete LaTeX document (article + booktabs) holding the table; compiles as written."""
+    stats = stats[stats["metric"].isin(LATEX_METRICS)]
+    benchmarks = sorted(stats["dataset"].unique(), key=_benchmark_key)
+    columns = [(b, m) for b in benchmarks for m in LATEX_METRICS]
+    cells = {(r["buffer"], r["method"], r["row"], r["dataset"], r["metric"]): latex_cell(r)
+             for r in stats.to_dict("records")}
+    rows = sorted({(r["buffer"], r["method"], r["row"], r["delta"]) for r in stats.to_dict("records")},
+                  key=lambda r: (r[0], r[1], r[3], head_order(r[2])))
+    lines = [
+        "% Written by python -m utils.summarize --latex; compiles as written (e.g. pdflatex).",
+        r"\documentclass{article}",
+        r"\usepackage{booktabs}",
+        r"\begin{document}",
+        r"\begin{table}",
+        r"\centering",
+        r"\caption{Final accuracy (\%): mean$_{\pm\mathrm{std}}$ over seeds. "
+        r"Rows HEAD$-$FC: mean paired difference over the seeds run with both heads$_{[95\%\ \mathrm{CI}]}$.}",
+        r"\begin{tabular}{lll" + "c" * len(columns) + "}",
+        r"\toprule",
+        " & & & " + " & ".join(rf"\multicolumn{{{len(LATEX_METRICS)}}}{{c}}{{{latex_escape(b)}}}"
+                               for b in benchmarks) + r" \\",
+        "".join(rf"\cmidrule(lr){{{4 + i * len(LATEX_METRICS)}-{3 + (i + 1) * len(LATEX_METRICS)}}}"
+                for i in range(len(benchmarks))),
+        "Buffer & Method & Head & " + " & ".join(m for _, m in columns) + r" \\",
+        r"\midrule",
+    ]
+    previous = (None, None)
+    for buffer, method, row, delta in rows:
+        if previous[0] is not None and buffer != previous[0]:
+            lines.append(r"\midrule")
+        shown_buffer = "" if buffer == previous[0] else ("--" if buffer == 0 else latex_escape(buffer))
+        shown_method = "" if (buffer, method) == previous else latex_escape(method)
+        values = [cells.get((buffer, method, row, b, m), "--") for b, m in columns]
+        lines.append(" & ".join([shown_buffer, shown_method, latex_row_label(row, delta)] + values) + r" \\")
+        previous = (buffer, method)
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", r"\end{document}", ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Plots (utils.plots: the shared style).
 
 def _safe(text) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]", "_", str(text))
 
 
-def mean_matrix(matrices: List[list]) -> "np.ndarray":
+def mean_matrix(matrices: List[list]):
     """The element-wise mean of accuracy matrices of one shape; NaN where no run has a value (unseen tasks)."""
     import numpy as np
     stack = np.array([[[math.nan if v is None else v for v in row] for row in m] for m in matrices], dtype=float)
@@ -339,15 +385,14 @@ def mean_matrix(matrices: List[list]) -> "np.ndarray":
     return np.where(counts > 0, np.nansum(stack, axis=0) / np.maximum(counts, 1), np.nan)
 
 
-def plot_group(record_rows: pd.DataFrame, title: str, path: str) -> None:
+def matrix_figure(matrices: List[list], title: str):
     """The mean Class-IL accuracy matrix as a heatmap, and each task's accuracy across the task sequence."""
     import numpy as np
-    import matplotlib.pyplot as plt
-    shapes = {(len(m), len(m[0])) for m in record_rows["matrix"]}
-    matrices = [m for m in record_rows["matrix"] if (len(m), len(m[0])) == max(shapes)]
+    shapes = {(len(m), len(m[0])) for m in matrices}
+    matrices = [m for m in matrices if (len(m), len(m[0])) == max(shapes)]
     acc = mean_matrix(matrices)
     n_rows, n_tasks = acc.shape
-    fig, (ax_heat, ax_curve) = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, (ax_heat, ax_curve) = plots.new_figure(1, 2, panel_width=5.5, panel_height=4.5)
     image = ax_heat.imshow(acc, vmin=0, vmax=100, cmap="viridis")
     for t in range(n_rows):
         for j in range(n_tasks):
@@ -356,9 +401,9 @@ def plot_group(record_rows: pd.DataFrame, title: str, path: str) -> None:
                              color="white" if acc[t, j] < 60 else "black")
     ax_heat.set_xticks(range(n_tasks), [str(j + 1) for j in range(n_tasks)])
     ax_heat.set_yticks(range(n_rows), [str(n_tasks - n_rows + t + 1) for t in range(n_rows)])
+    ax_heat.set_title("Class-IL accuracy matrix (mean, %)", fontsize=10)
     ax_heat.set_xlabel("evaluated on task")
     ax_heat.set_ylabel("after training task")
-    ax_heat.set_title("Class-IL accuracy matrix (mean, %)")
     fig.colorbar(image, ax=ax_heat, fraction=0.046, pad=0.04)
     after = np.arange(n_tasks - n_rows + 1, n_tasks + 1)
     for j in range(n_tasks):
@@ -367,112 +412,189 @@ def plot_group(record_rows: pd.DataFrame, title: str, path: str) -> None:
             ax_curve.plot(after[seen], acc[seen, j], marker="o", markersize=3, linewidth=1, label=f"task {j + 1}")
     ax_curve.plot(after, np.nanmean(acc, axis=1), color="black", linewidth=2.5, label="mean of seen")
     ax_curve.set_xticks(after)
-    ax_curve.set_xlabel("after training task")
-    ax_curve.set_ylabel("Class-IL accuracy (%)")
-    ax_curve.set_ylim(0, 102)
-    ax_curve.grid(alpha=0.3)
-    ax_curve.set_title("per-task accuracy over the sequence")
+    ax_curve.set_ylim(*plots.ACCURACY_LIMITS)
+    plots.style(ax_curve, "per-task accuracy over the sequence", "after training task", "Class-IL accuracy (%)")
     ax_curve.legend(fontsize=7, ncol=2 if n_tasks > 5 else 1, loc="lower left")
     fig.suptitle(f"{title}  (n={len(matrices)} seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
-def plot_bars(stats: pd.DataFrame, dataset: str, path: str) -> None:
-    """FC vs FNO (and any other head) per method and buffer, mean with std error bars, Class-IL and Task-IL."""
-    import numpy as np
-    import matplotlib.pyplot as plt
-    part = stats[(stats["dataset"] == dataset) & (stats["row"] != DELTA)]
+def bars_figure(stats: pd.DataFrame, dataset: str):
+    """Every head per (method, buffer), mean with std error bars, one panel per Class-IL / Task-IL."""
+    part = stats[(stats["dataset"] == dataset) & ~stats["delta"].astype(bool)]
     groups = list(dict.fromkeys(zip(part["method"], part["buffer"])))
-    heads = sorted(part["row"].unique())
-    width = 0.8 / len(heads)
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(max(6, 1.6 * len(groups)) * len(METRICS) / 1.5, 4.2))
-    for ax, metric in zip(np.atleast_1d(axes), METRICS):
-        for h, head in enumerate(heads):
-            sel = part[(part["metric"] == metric) & (part["row"] == head)].set_index(["method", "buffer"])
-            means = [sel["mean"].get(g, np.nan) for g in groups]
-            errors = [np.nan_to_num(sel["std"].get(g, np.nan)) for g in groups]
-            x = np.arange(len(groups)) + (h - (len(heads) - 1) / 2) * width
-            bars = ax.bar(x, means, width, yerr=errors, capsize=3, label=head.upper())
-            ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
-        ax.set_xticks(range(len(groups)), [f"{m}\nbuffer {b}" for m, b in groups])
-        ax.set_ylabel(f"{metric} accuracy (%)")
+    heads = sorted(part["row"].unique(), key=head_order)
+    fig, axes = plots.new_figure(1, len(LATEX_METRICS), panel_width=max(5.0, 1.6 * len(groups)), panel_height=4.2)
+    for ax, metric in zip(axes, LATEX_METRICS):
+        sel = part[part["metric"] == metric].set_index(["method", "buffer", "row"])
+        series = [(display_head(head), [sel["mean"].get((m, b, head), math.nan) for m, b in groups],
+                   [sel["std"].get((m, b, head), math.nan) for m, b in groups]) for head in heads]
+        plots.grouped_bars(ax, [f"{m}\nbuffer {b}" for m, b in groups], series)
         ax.set_ylim(0, 115)
-        ax.set_title(f"{dataset}: {metric} (mean ± std over seeds)")
-        ax.grid(axis="y", alpha=0.3)
-        ax.legend(loc="upper left", ncol=len(heads), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        plots.style(ax, f"{dataset}: {metric} (mean ± std over seeds)", "", f"{metric} accuracy (%)")
+    return fig
 
 
-def draw_plots(frame: pd.DataFrame, stats: pd.DataFrame, out: str) -> List[str]:
-    import matplotlib
-    matplotlib.use("Agg")
-    os.makedirs(out, exist_ok=True)
+def lt_figure(stats: pd.DataFrame, dataset: str, ratio):
+    """Overall / many / medium / few-shot accuracy per method, one panel per epoch (final, best)."""
+    part = stats[(stats["dataset"] == dataset) & (stats["imbalance_ratio"] == ratio)]
+    methods = list(dict.fromkeys(part["row"]))
+    epochs = [e for e in LT_EPOCHS if (part["epoch"] == e).any()]
+    fig, axes = plots.new_figure(1, len(epochs), panel_width=max(5.0, 1.2 * len(methods) + 2), panel_height=4.2)
+    for ax, epoch in zip(axes, epochs):
+        sel = part[part["epoch"] == epoch].set_index(["row", "metric"])
+        series = [(method, [sel["mean"].get((method, m), math.nan) for m in LT_METRICS],
+                   [sel["std"].get((method, m), math.nan) for m in LT_METRICS]) for method in methods]
+        plots.grouped_bars(ax, list(LT_METRICS), series)
+        ax.set_ylim(0, 115)
+        plots.style(ax, f"{dataset}, ratio {ratio}: {epoch} (mean ± std)", "", "accuracy (%)")
+    return fig
+
+
+def draw_plots(cl: pd.DataFrame, cl_stats, lt_stats, out: str, report=print) -> List[str]:
+    """Write every plot into ``out``; long-tail results without any many/medium/few value are reported."""
     written = []
-    for (dataset, buffer, method, classifier), rows in frame.groupby(["dataset", "buffer", "method", "classifier"]):
-        path = os.path.join(out, f"matrix_{_safe(dataset)}_buffer{_safe(buffer)}_{_safe(method)}_{_safe(classifier)}.png")
-        plot_group(rows, f"{dataset}, buffer {buffer}, {method}, {classifier.upper()}", path)
-        written.append(path)
-    for dataset in stats["dataset"].unique():
-        path = os.path.join(out, f"bars_{_safe(dataset)}.png")
-        plot_bars(stats, dataset, path)
-        written.append(path)
+    if not cl.empty:
+        for (dataset, buffer, method, head), rows in cl.groupby(["dataset", "buffer", "method", "head"]):
+            path = os.path.join(out, f"matrix_{_safe(dataset)}_buffer{_safe(buffer)}_{_safe(method)}_{_safe(head)}.png")
+            title = plots.title_of(dataset, f"buffer {buffer}", method, display_head(head))
+            written.append(plots.save(matrix_figure(list(rows["matrix"]), title), path))
+        for dataset in cl_stats["dataset"].unique():
+            written.append(plots.save(bars_figure(cl_stats, dataset), os.path.join(out, f"bars_{_safe(dataset)}.png")))
+    if lt_stats is not None and not lt_stats.empty:
+        for (dataset, ratio), part in lt_stats.groupby(["dataset", "imbalance_ratio"], sort=False):
+            if not part["metric"].isin(["Many", "Medium", "Few"]).any():
+                report(f"no many/medium/few plot for {dataset}, ratio {ratio}: its results files hold no "
+                       f"group accuracies (every group is null)")
+                continue
+            path = os.path.join(out, f"longtail_{_safe(dataset)}_ratio{_safe(ratio)}.png")
+            written.append(plots.save(lt_figure(lt_stats, dataset, ratio), path))
     return written
 
 
 # ----------------------------------------------------------------------------------------------
 
-def summarize(directory: str, plots: Optional[str] = None, out=None) -> int:
-    """Print (to ``out``, default stdout) and write the tables and plots; return the number of results files used."""
-    report = lambda line: print(line, file=out or sys.stdout, flush=True)
-    frames = load_directory(directory, report)
+def _frames(records: List[dict]) -> Dict[str, pd.DataFrame]:
+    by_setting = {"cl": [], "long-tail": []}
+    for rec in records:
+        by_setting[rec["setting"]].append(rec)
+    return {setting: pd.DataFrame(rows) for setting, rows in by_setting.items()}
+
+
+def _suffixed(path: str, suffix: str) -> str:
+    root, ext = os.path.splitext(path)
+    return f"{root}{suffix}{ext}"
+
+
+class SelectionError(Exception):
+    """--select_on validation cannot be done: the message is the one line to print."""
+
+
+def summarize_part(records: List[dict], report, select_on: Optional[str] = None, plots_dir: Optional[str] = None,
+                   latex: Optional[str] = None, title: str = "") -> tuple:
+    """Print the tables of one set of runs (full, or partial); returns (numeric rows, Markdown sections)."""
+    frames = _frames(records)
     cl, lt = frames["cl"], frames["long-tail"]
-    if cl.empty and lt.empty:
-        report(f"no usable results files under {directory}")
-        return 0
+    suffix = f" ({title})" if title else ""
     markdown, numeric = [], []
+    cl_stats = lt_stats = None
+    fixed = fixed_heads()
+    ignore = {"classifier"} | head_flag_names()
+    if not cl.empty and select_on == "validation":
+        validated = cl["val_class_il"].notna()
+        if not validated.any():
+            raise SelectionError(f"--select_on validation: none of the {len(cl)} continual-learning results files "
+                                 f"has a 'validation' field (run with --validation PCT)")
+        if not validated.all():
+            report(f"left out {int((~validated).sum())} run(s) without a 'validation' field from --select_on "
+                   f"validation")
+        cl = select_on_validation(cl[validated], report)
+        ignore |= {k for model in cl["model"].unique() for k in swept_flags(model)}
     if not cl.empty:
-        warn_mixed_settings(cl, ["dataset", "buffer", "method", "classifier"], report)
-        warn_unpaired(cl, report)
-        stats = cl_statistics(cl)
-        numeric.append(stats.assign(setting="continual"))
-        for dataset, table in cl_tables(stats).items():
-            report(f"\n{dataset}: mean ± std (n seeds); {DELTA}: paired mean difference [95% CI] p (n pairs)")
-            report(_flat_columns(table).to_string())
-            markdown.append(f"## {dataset}\n\n{to_markdown(table)}\n")
+        warn_mixed_settings(cl, ["dataset", "buffer", "method", "head"], report)
+        warn_unpaired(cl, fixed, ignore, report)
+        cl_stats = cl_statistics(cl, fixed)
+        numeric.append(cl_stats.assign(setting="continual"))
+        for (dataset, buffer), table in cl_tables(cl_stats).items():
+            report(f"\n{dataset}, buffer {buffer}{suffix}: mean ± std (n seeds); HEAD - FC: paired mean difference "
+                   f"[95% CI] p (n pairs)")
+            report(table.to_string())
+            markdown.append(f"## {dataset}, buffer {buffer}{suffix}\n\n{to_markdown(table)}\n")
+        if latex:
+            atomic_write_bytes(latex, to_latex(cl_stats).encode())
+            report(f"wrote {latex}")
+    elif latex:
+        report(f"no LaTeX table{suffix}: no continual-learning runs")
     if not lt.empty:
         warn_mixed_settings(lt, ["dataset", "imbalance_ratio", "method"], report)
-        lt_stats, table = lt_table(lt)
+        lt_stats = lt_statistics(lt)
         numeric.append(lt_stats.assign(setting="long-tail"))
-        report("\nlong-tail: accuracy mean ± std (n seeds)")
-        report(_flat_columns(table).to_string())
-        markdown.append(f"## long-tail\n\n{to_markdown(table)}\n")
+        for (dataset, ratio), table in lt_tables(lt_stats).items():
+            report(f"\nlong-tail {dataset}, ratio {ratio}{suffix}: accuracy mean ± std (n seeds); final epoch (the "
+                   f"headline) and best epoch (selected on the test set: optimistic)")
+            report(_flat_columns(table).to_string())
+            markdown.append(f"## long-tail {dataset}, ratio {ratio}{suffix}\n\n{to_markdown(table)}\n")
+    if plots_dir:
+        if not plots.available():
+            report(f"cannot draw --plots: {plots.MISSING_MATPLOTLIB}")
+        else:
+            written = draw_plots(cl, cl_stats, lt_stats, plots_dir, report)
+            report(f"wrote {len(written)} plots to {plots_dir}")
+    return numeric, markdown
+
+
+def summarize(directory: str, plots_dir: Optional[str] = None, latex: Optional[str] = None,
+              select_on: Optional[str] = None, include_partial: bool = False, out=None) -> int:
+    """Print (to ``out``, default stdout) and write the tables; return the number of results files used.
+
+    Raises ``SelectionError`` when ``select_on`` cannot be done."""
+    report = lambda line: print(line, file=out or sys.stdout, flush=True)
+    records = read_directory(directory, report)
+    full = [r for r in records if not r["partial"]]
+    partial = [r for r in records if r["partial"]]
+    if partial and not include_partial:
+        report(f"left out {len(partial)} partial run(s) (\"partial\": true, e.g. --debug_mode): never mixed with "
+               f"full runs; --include_partial summarizes them apart")
+    parts = [(full, "", plots_dir, latex)]
+    if partial and include_partial:
+        parts.append((partial, "partial runs", plots_dir and os.path.join(plots_dir, "partial"),
+                      latex and _suffixed(latex, "_partial")))
+    parts = [p for p in parts if p[0]]
+    if not parts:
+        report(f"no usable results files under {directory}")
+        return 0
+    numeric, markdown = [], []
+    for runs, title, part_plots, part_latex in parts:
+        part_numeric, part_markdown = summarize_part(runs, report, select_on, part_plots, part_latex, title)
+        numeric += [frame.assign(partial=bool(title)) for frame in part_numeric]
+        markdown += part_markdown
     csv = pd.concat(numeric, ignore_index=True).to_csv(index=False)
     atomic_write_bytes(os.path.join(directory, "summary.csv"), csv.encode())
     atomic_write_bytes(os.path.join(directory, "summary.md"), "\n".join(markdown).encode())
     report(f"\nwrote {os.path.join(directory, 'summary.csv')} and {os.path.join(directory, 'summary.md')}")
-    if plots and not cl.empty:
-        try:
-            import matplotlib  # noqa: F401  (an optional dependency: the 'plots' extra)
-        except ImportError:
-            report("cannot draw --plots: matplotlib is not installed (pip install -e '.[plots]')")
-            return len(cl) + len(lt)
-        written = draw_plots(cl, stats, plots)
-        report(f"wrote {len(written)} plots to {plots}")
-    return len(cl) + len(lt)
+    return sum(len(runs) for runs, *_ in parts)
 
 
 def main(argv: Optional[list] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m utils.summarize", description=__doc__.split("\n\n")[0])
+    from utils.cli import OneLineParser
+    p = OneLineParser(prog="python -m utils.summarize", description=__doc__.split("\n\n")[0])
     p.add_argument("directory", help="directory searched recursively for results files (*.json)")
-    p.add_argument("--plots", metavar="OUT", help="also write PNG plots into OUT")
+    p.add_argument("--plots", metavar="OUT", help="also write PNG plots into OUT (needs matplotlib)")
+    p.add_argument("--latex", metavar="OUT.tex", help="also write the paper-style table as a LaTeX document")
+    p.add_argument("--select_on", choices=("validation",),
+                   help="validation: per configuration, keep the hyper-parameters (lr, minibatch_size, the method's "
+                        "flags) with the best mean validation Class-IL and report their test accuracy")
+    p.add_argument("--include_partial", action="store_true",
+                   help="also summarize runs marked partial (debug / smoke runs), apart from the full runs")
     args = p.parse_args(argv)
     if not os.path.isdir(args.directory):
         p.error(f"{args.directory} is not a directory")
-    return 0 if summarize(args.directory, args.plots) else 1
+    try:
+        used = summarize(args.directory, args.plots, args.latex, args.select_on, args.include_partial)
+    except SelectionError as exc:
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0 if used else 1
 
 
 if __name__ == "__main__":
