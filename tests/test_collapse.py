@@ -252,15 +252,44 @@ def test_cli_table_and_errors(tmp_path, capsys):
         assert bad in err and "\n" not in err
 
 
-def test_cli_plots(tmp_path, capsys):
+def test_cli_plots_one_figure(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     a, b = two_runs(tmp_path)
     out_dir = tmp_path / "plots"
     assert collapse.main([a, b, "--plots", str(out_dir)]) == 0
     assert "nc1 " in capsys.readouterr().out
-    pngs = sorted(os.listdir(out_dir))
-    assert pngs == sorted(f"{m}.png" for m in collapse.METRICS)
-    assert (out_dir / "nc1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert os.listdir(out_dir) == ["collapse.png"]
+    assert (out_dir / "collapse.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_collapse_figure_panels_shared_axes_and_ideal_lines(tmp_path):
+    """One panel per metric; both runs on the same axes; the ideal value drawn as a line and inside the
+    y-range, which starts at 0 rather than zooming in on the runs (the values here are 1.1..2.3)."""
+    pytest.importorskip("matplotlib")
+    runs = [collapse.load_run(path) for path in two_runs(tmp_path)]
+    fig = collapse.collapse_figure(runs)
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == list(collapse.METRICS)
+    assert set(collapse.IDEAL) == set(collapse.METRICS)
+    for ax in panels:
+        metric = ax.get_title()
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        run_lines = [label for label in lines if label != "ideal"]
+        expected_runs = 1 if metric == "separation" else 2   # the FC run has no separation
+        assert len(run_lines) == expected_runs, metric
+        assert "fno.json (er/fno+mask)" in run_lines
+        low, high = ax.get_ylim()
+        assert low <= 0.0, metric
+        ideal = collapse.IDEAL[metric]
+        if ideal is None:
+            assert "ideal" not in lines
+        else:
+            assert set(lines["ideal"].get_ydata()) == {ideal}, metric
+            assert low <= ideal <= high
+        assert high >= max(max(line.get_ydata()) for label, line in lines.items() if label != "ideal")
+    first = panels[0].get_lines()[0]
+    assert list(first.get_xdata()) == [1, 2, 3]
+    assert all(ax.get_shared_x_axes().joined(panels[0], ax) for ax in panels)
 
 
 def test_cli_plots_without_matplotlib_is_a_one_line_error(tmp_path, capsys, monkeypatch):

@@ -21,13 +21,14 @@ All computations are done in float64.
 """
 from __future__ import annotations
 
-import io
-import json
 import os
 import sys
 from typing import Dict, List, Optional
 
 import torch
+
+from utils import plots
+from utils.results import ResultsError, load as load_results, run_label
 
 FEATURE_BATCH = 1024      # inputs per forward pass when extracting features
 SUPPORT_ENERGY = 0.9      # a class mean's support: its fewest dimensions holding this energy fraction
@@ -278,26 +279,26 @@ def summary(metrics: Dict[str, float]) -> str:
 # Comparing saved runs: python -m utils.collapse RESULTS... [--plots OUT]
 # ---------------------------------------------------------------------------------------------
 
-class ResultsError(Exception):
-    """A results file that cannot be used; the message names it."""
+# Each metric's value under (zero-mean) neural collapse; None where there is no single ideal value
+# (the own-class response is a positive constant whose size depends on the features' scale).
+IDEAL = {"nc1": 0.0, "nc2_global_equinorm": 0.0, "nc2_global_cos_dev": 0.0, "nc2_global_cos_dev_max": 0.0,
+         "nc2_origin_equinorm": 0.0, "nc2_origin_cos": 0.0, "nc2_origin_cos_max": 0.0, "nc3_global": 0.0,
+         "nc3_origin": 0.0, "margin_own_mean": None, "margin_own_std": 0.0, "margin_other_mean": 0.0,
+         "margin_other_std": 0.0, "separation": 1.0, "support_overlap": 0.0}
+PANEL_COLUMNS = 4
 
 
 def load_run(path: str):
-    """(label, per-task metric dicts, results) of a results file written with --collapse_metrics 1."""
+    """(label, per-task metric dicts, results) of a results file written with --collapse_metrics 1;
+    ``ResultsError`` naming the file otherwise."""
     try:
-        with open(path, encoding="utf-8") as f:
-            results = json.load(f)
-    except OSError as exc:
-        raise ResultsError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ResultsError(f"{path} is not a JSON results file: {exc}") from None
-    rows = results.get("collapse") if isinstance(results, dict) else None
+        results = load_results(path)
+    except ResultsError as exc:
+        raise ResultsError(f"{path}: {exc}") from None
+    rows = results.get("collapse")
     if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
-        raise ResultsError(f"{path} has no collapse metrics (run main.py with --collapse_metrics 1)")
-    args = results.get("args") or {}
-    head = args.get("classifier", "?") + ("+mask" if args.get("masked_softmax") else "")
-    label = f"{os.path.basename(path)} ({args.get('model_name', args.get('model', '?'))}/{head})"
-    return label, rows, results
+        raise ResultsError(f"{path}: no collapse metrics (run main.py with --collapse_metrics 1)")
+    return f"{os.path.basename(path)} ({run_label(results)})", rows, results
 
 
 def _fmt(value) -> str:
@@ -319,44 +320,44 @@ def comparison_table(runs) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(row) for row in rows])
 
 
-def matplotlib_installed() -> bool:
-    """Whether matplotlib (an optional dependency: the 'plots' extra) can be imported."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def collapse_figure(runs):
+    """One figure, one panel per metric that any run has: every run's value after each task on the same
+    axes, the metric's ideal value as a dashed line, and a y-axis from 0 that includes the ideal value
+    (not zoomed in on the runs, which would overstate their differences)."""
+    from matplotlib.ticker import MaxNLocator
+    metrics = [m for m in METRICS if any(m in row for _, rows, _ in runs for row in rows)]
+    n_rows = -(-len(metrics) // PANEL_COLUMNS)
+    fig, axes = plots.new_figure(n_rows, PANEL_COLUMNS, panel_width=3.6, panel_height=2.6, sharex=True)
+    used = set()
+    colours = []
+    for i, (_, _, results) in enumerate(runs):
+        wanted = plots.colour((results.get("args") or {}).get("classifier", ""), i)
+        colours.append(wanted if wanted not in used else plots.OTHER_COLOURS[i % len(plots.OTHER_COLOURS)])
+        used.add(colours[-1])
+    for index, (ax, metric) in enumerate(zip(axes, metrics)):
+        values = []
+        for (label, rows, _), colour in zip(runs, colours):
+            points = [(r.get("tasks_seen", i + 1), r[metric]) for i, r in enumerate(rows) if metric in r]
+            if points:
+                ax.plot(*zip(*points), marker="o", markersize=3, color=colour, label=label)
+                values += [v for _, v in points]
+        if IDEAL[metric] is not None:
+            plots.ideal_line(ax, IDEAL[metric])
+        ax.set_ylim(*plots.limits_with(values, 0.0, IDEAL[metric]))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        bottom_of_column = index >= len(metrics) - PANEL_COLUMNS
+        plots.style(ax, metric, "tasks seen" if bottom_of_column else "")
+        ax.xaxis.set_tick_params(labelbottom=bottom_of_column)
+    for ax in axes[len(metrics):]:
+        ax.set_visible(False)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncol=min(len(labels), 4), fontsize="small")
+    return fig
 
 
 def write_plots(runs, out_dir: str) -> List[str]:
-    """One PNG per metric in ``out_dir``: its value after each task, one line per run."""
-    from matplotlib.figure import Figure  # no pyplot: no global figure state, Agg canvas
-    from matplotlib.ticker import MaxNLocator
-    from utils.io import atomic_write_bytes
-    written = []
-    for metric in METRICS:
-        series = [(label, [(r.get("tasks_seen", i + 1), r[metric]) for i, r in enumerate(rows) if metric in r])
-                  for label, rows, _ in runs]
-        series = [(label, points) for label, points in series if points]
-        if not series:
-            continue
-        fig = Figure(figsize=(5.5, 3.6), dpi=110)
-        ax = fig.add_subplot()
-        for label, points in series:
-            ax.plot(*zip(*points), marker="o", label=label)
-        ax.set_xlabel("tasks seen")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(metric)
-        ax.set_title(metric)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
-        path = os.path.join(out_dir, f"{metric}.png")
-        atomic_write_bytes(path, buffer.getvalue())
-        written.append(path)
-    return written
+    """``out_dir/collapse.png``: the figure of ``collapse_figure``."""
+    return [plots.save(collapse_figure(runs), os.path.join(out_dir, "collapse.png"))]
 
 
 def main(argv=None) -> int:
@@ -364,9 +365,10 @@ def main(argv=None) -> int:
     parser = OneLineParser(prog="python -m utils.collapse",
                            description="Compare the neural-collapse metrics of runs saved with --collapse_metrics 1.")
     parser.add_argument("results", nargs="+", metavar="RESULTS", help="results JSON files")
-    parser.add_argument("--plots", metavar="OUT", help="directory for one PNG per metric across tasks")
+    parser.add_argument("--plots", metavar="OUT", help="directory for collapse.png: one panel per metric, every run "
+                                                       "on the same axes, each metric's ideal value as a line")
     args = parser.parse_args(argv)
-    if args.plots and not matplotlib_installed():
+    if args.plots and not plots.available():
         print(f"{parser.prog}: error: --plots needs matplotlib, which is not installed "
               f"(pip install -e '.[plots]')", file=sys.stderr)
         return 2
