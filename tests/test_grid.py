@@ -19,7 +19,7 @@ import yaml
 
 from utils.errors import UserError
 from utils.flags import results_name
-from utils.grid import main as grid_main, plan, render_command
+from utils.grid import main as grid_main, parse_extra, parse_set, plan, render_command
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,6 +31,7 @@ PROGRAM = textwrap.dedent("""
     p.add_argument("--method"); p.add_argument("--seed", type=int); p.add_argument("--sleep", type=float)
     p.add_argument("--fail", type=int, default=0); p.add_argument("--results_file")
     p.add_argument("--checkpoint_dir"); p.add_argument("--resume", action="store_true")
+    p.add_argument("--data_path"); p.add_argument("--n_epochs", type=int); p.add_argument("--nowand", type=int)
     a = p.parse_args()
     name = os.path.basename(a.results_file)
 
@@ -96,6 +97,7 @@ def env(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", ROOT)  # the stand-in program takes the run lock as main.py does
     monkeypatch.delenv("SLEEP", raising=False)
     monkeypatch.delenv("FINISH_ON_TERM", raising=False)
+    monkeypatch.delenv("FNO_CL_DATA", raising=False)
     yield tmp_path
     for event in events(tmp_path, "start"):  # a failed test leaves no run behind
         if alive(event["pid"]):
@@ -337,3 +339,67 @@ def test_checkpoints_option_resumes_and_cleans_up(env, capsys):
     assert open(os.path.join(failed, "attempts")).read() == "xx"
     log = open(runs[1].log_file).read()
     assert log.count("--resume") == 2  # the log keeps both attempts
+
+
+# ---------------------------------------------------------------- overriding a sweep: --set, -- EXTRA, --data_path
+
+def test_set_takes_commas_and_spaces_alike():
+    assert parse_set(["seed=1,2", "3", "model=er"]) == parse_set(["seed=1", "2", "3", "model=er"]) == \
+        {"seed": [1, 2, 3], "model": ["er"]}
+    assert parse_set(["lr=0.1,0.03", "load_best_args=true", "name=a b"]) == \
+        {"lr": [0.1, 0.03], "load_best_args": [True], "name": ["a b"]}
+    for tokens, message in [(["1"], "KEY=VALUE first"), (["--seed=1"], "without dashes"), (["seed="], "no value"),
+                            (["results_dir=x"], "the runner sets --results_dir itself")]:
+        with pytest.raises(UserError, match=message):
+            parse_set(tokens)
+
+
+def test_extra_flags_forms():
+    assert parse_extra(["--n_epochs", "1"]) == parse_extra(["--n_epochs=1"]) == {"n_epochs": 1}
+    assert parse_extra(["--debug_mode", "--lr_milestones", "10", "20", "--lr", "-0.5"]) == \
+        {"debug_mode": True, "lr_milestones": "10 20", "lr": -0.5}
+    for tokens, message in [(["1"], "must start with a flag"), (["--seed", "1", "--seed", "2"], "given twice"),
+                            (["--results_file", "x"], "the runner sets it itself")]:
+        with pytest.raises(UserError, match=message):
+            parse_extra(tokens)
+
+
+def test_plan_with_set_extra_flags_and_data_path(env):
+    sweep = make_sweep(env, seeds=(1, 2, 3))
+    base = {r.params["seed"]: r for r in plan(sweep, str(env / "R")) if r.params["method"] == "a"}
+    runs = plan(sweep, str(env / "R"), overrides={"seed": [7, 8], "method": ["a"]},
+                extra=["--n_epochs", "1", "--device", "cpu", "--nowand=1"], data_path="/data/here")
+    assert [(r.params["method"], r.params["seed"]) for r in runs] == [("a", 7), ("a", 8)]
+    first = runs[0]
+    assert first.argv[-7:-1] == ["--data_path=/data/here", "--n_epochs", "1", "--device", "cpu", "--nowand=1"]
+    assert first.argv[-1] == f"--results_file={first.results_file}"
+    # --n_epochs changes what a run computes: it is in the name; --device, --nowand and --data_path are not
+    assert os.path.basename(first.results_file) == "fail=0,method=a,n_epochs=1,seed=7,sleep=0.3.json"
+    same = plan(sweep, str(env / "R"), extra=["--device", "cpu"], data_path="/elsewhere")
+    assert {r.results_file for r in same} == {r.results_file for r in plan(sweep, str(env / "R"))}
+    assert base[1].results_file in {r.results_file for r in same}
+
+
+def test_extra_flag_naming_a_sweep_parameter_is_refused(env, capsys):
+    sweep = make_sweep(env)
+    assert grid_main([sweep, "--results_dir", str(env / "R"), "--", "--seed", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--seed is a parameter of" in err and "--set seed=VALUE" in err
+
+
+def test_grid_runs_with_set_extra_flags_and_data_path_from_the_environment(env, capsys, monkeypatch):
+    sweep = make_sweep(env, seeds=(1,), sleep=0.0)
+    out = env / "R"
+    monkeypatch.setenv("FNO_CL_DATA", str(env / "data-from-env"))
+    assert grid_main([sweep, "--results_dir", str(out), "--jobs", "2", "--set", "seed=4", "5",
+                      "--", "--n_epochs", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert f"--data_path {env / 'data-from-env'} (from $FNO_CL_DATA)" in printed
+    assert results_in(out) == [f"fail=0,method={m},n_epochs=2,seed={s},sleep=0.json" for m in "ab" for s in (4, 5)]
+    for name in results_in(out):
+        args = json.loads((out / name).read_text())["args"]
+        assert args["n_epochs"] == 2 and args["data_path"] == str(env / "data-from-env")
+    # the command's --data_path wins over the environment
+    assert grid_main([sweep, "--results_dir", str(env / "R2"), "--data_path", "/from/command", "--dry_run"]) == 0
+    commands = capsys.readouterr().out.splitlines()
+    assert len(commands) == 2 and all("--data_path=/from/command" in c for c in commands)

@@ -89,3 +89,20 @@ def test_digits_sweep_is_small():
     combos = expand(load_sweep(os.path.join(ROOT, "sweeps", "seq-digits.yaml")))
     assert {c["dataset"] for c in combos} == {"seq-digits"} and len(combos) <= 24
     assert {(c["model"], c["classifier"]) for c in combos} == {(m, h) for m in ("er", "derpp") for h in ("fc", "fno")}
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: os.path.basename(p))
+def test_grid_overrides_reach_the_program(path, tmp_path, capsys, monkeypatch):
+    """The runner's --data_path and extra flags (``-- --n_epochs 1``) are accepted by every sweep's program;
+    the extra flag is in the results name, the data path is not."""
+    sweep = load_sweep(path)
+    parse_args = program_parser(sweep["program"])
+    if sweep["program"] == "main.py" and not {c["dataset"] for c in expand(sweep, path)} <= set(dataset_names()):
+        pytest.skip("dataset not registered in this checkout yet")
+    monkeypatch.chdir(ROOT)
+    runs = plan(path, str(tmp_path), overrides={"seed": [9]}, extra=["--n_epochs", "1"], data_path="/mnt/data")
+    for run in runs[:4]:
+        args = parse_or_fail(parse_args, run.argv[run.argv.index(sweep["program"]) + 1:], capsys)
+        assert args.n_epochs == 1 and args.data_path == "/mnt/data" and args.seed == 9
+        name = os.path.basename(run.results_file)
+        assert ",n_epochs=1," in name and "data_path" not in name and "mnt" not in name

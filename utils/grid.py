@@ -1,9 +1,18 @@
-"""Run a wandb grid sweep file locally: ``python -m utils.grid SWEEP.yaml --results_dir DIR [--jobs N]``.
+"""Run a wandb grid sweep file locally: ``python -m utils.grid SWEEP.yaml --results_dir DIR [--jobs N]
+[--set KEY=VALUES ...] [--data_path PATH] [-- EXTRA FLAGS]``.
 
 The sweep file is the one ``wandb sweep`` reads (``program``, ``method: grid``,
 ``parameters`` with ``value`` / ``values``, optional ``command``).  Every
 combination of the parameters is one run; its command is the one a wandb agent
 would build (``${args}`` renders ``--key=value``), run with this Python.
+
+The sweep's values can be changed from the command line: ``--set KEY=VALUES``
+replaces (or adds) a parameter, its values separated by commas or spaces
+(``--set seed=1,2,3`` or ``--set seed=1 2 3``); ``-- EXTRA FLAGS`` appends the
+flags after ``--`` to every run's command (``-- --n_epochs 1``); ``--data_path``
+(or the ``FNO_CL_DATA`` environment variable) gives every run its data folder.
+Flags that change what a run computes are part of its results name, so such a
+grid never mixes with the full one; operational flags (``utils.flags``) are not.
 
 A run's results file is ``DIR/<results_name(parameters)>.json``: the name is
 made from the run's parameters alone, so it is known before the run starts.
@@ -30,10 +39,8 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import hashlib
 import itertools
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -43,12 +50,14 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
 from utils.errors import UserError
-from utils.flags import OPERATIONAL_FLAGS, canonical, results_name
+from utils.flags import DATA_PATH_ENV, canonical, results_name
+from utils.results import headline
 
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
 POLL_S = 0.1
 STOP_GRACE_S = 10.0   # how long stopped runs get to exit cleanly before they are killed
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+RUNNER_FLAGS = ("results_file", "results_dir", "checkpoint_dir", "resume")  # the runner sets these itself
 
 
 @dataclass
@@ -97,10 +106,66 @@ def parameter_values(path: str, sweep: dict) -> Dict[str, list]:
     return values
 
 
-def expand(sweep: dict, path: str = "sweep") -> List[Dict[str, object]]:
-    """All combinations of the parameter values; the last parameter varies fastest, as in wandb's grid."""
-    values = parameter_values(path, sweep)
+def expand(sweep: dict, path: str = "sweep", overrides: Optional[Dict[str, list]] = None) -> List[Dict[str, object]]:
+    """All combinations of the parameter values; the last parameter varies fastest, as in wandb's grid.
+
+    ``overrides`` (``--set``) replaces a parameter's values, or adds the parameter after the sweep's."""
+    values = {**parameter_values(path, sweep), **(overrides or {})}
     return [dict(zip(values, combo)) for combo in itertools.product(*values.values())]
+
+
+def _typed(text: str):
+    """A value given on the command line, typed as YAML types it in a sweep file (1, 0.1, true, er)."""
+    import yaml
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, (str, int, float, bool)) else text
+
+
+def parse_set(tokens: List[str]) -> Dict[str, list]:
+    """``--set`` tokens -> each parameter's values.  ``KEY=V1,V2`` and ``KEY=V1 V2`` (later tokens without
+    ``=`` continue the last key's values) are the same; a key may not be the runner's own flags."""
+    values: Dict[str, list] = {}
+    key = None
+    for token in tokens:
+        if "=" in token:
+            key, _, text = token.partition("=")
+            if not key or key.startswith("-"):
+                raise UserError(f"--set needs KEY=VALUE (a parameter name without dashes), got {token!r}")
+            if key in RUNNER_FLAGS:
+                raise UserError(f"--set {key}: the runner sets --{key} itself (give --results_dir)")
+            values[key] = []
+        elif key is None:
+            raise UserError(f"--set needs KEY=VALUE first, got {token!r}")
+        else:
+            text = token
+        values[key] += [_typed(v) for v in text.split(",") if v.strip()]
+    for key, given in values.items():
+        if not given:
+            raise UserError(f"--set {key}= has no value")
+    return values
+
+
+def parse_extra(tokens: List[str]) -> Dict[str, object]:
+    """The flags after ``--`` as {name: value}, for the results name: ``--n_epochs 1`` and ``--n_epochs=1``
+    give 1, a flag alone gives True, several values are joined by spaces (``--lr_milestones 10 20``)."""
+    flags: Dict[str, list] = {}
+    name = None
+    for token in tokens:
+        if token.startswith("--") and len(token) > 2:
+            name, eq, text = token[2:].partition("=")
+            if name in flags:
+                raise UserError(f"extra flag --{name} is given twice")
+            if name in RUNNER_FLAGS:
+                raise UserError(f"extra flag --{name}: the runner sets it itself (give --results_dir)")
+            flags[name] = [text] if eq else []
+        elif name is None:
+            raise UserError(f"extra flags after -- must start with a flag (--name), got {token!r}")
+        else:
+            flags[name].append(token)
+    return {k: True if not v else _typed(v[0]) if len(v) == 1 else " ".join(v) for k, v in flags.items()}
 
 
 def render_command(command: List[str], program: str, params: Dict[str, object],
@@ -128,25 +193,40 @@ def render_command(command: List[str], program: str, params: Dict[str, object],
     return argv
 
 
-def plan(sweep_path: str, results_dir: str, interpreter: str = sys.executable,
-         checkpoints: bool = False) -> List[GridRun]:
-    """The runs of a sweep file, each with its command, results file, log file (and checkpoint directory)."""
+def plan(sweep_path: str, results_dir: str, interpreter: str = sys.executable, checkpoints: bool = False,
+         overrides: Optional[Dict[str, list]] = None, extra: Optional[List[str]] = None,
+         data_path: Optional[str] = None) -> List[GridRun]:
+    """The runs of a sweep file, each with its command, results file, log file (and checkpoint directory).
+
+    ``overrides``: parameter values replaced or added (``--set``); ``extra``: flags appended to every
+    command (after ``--``), named in the results name unless operational; ``data_path``: every run's
+    ``--data_path`` (replacing the sweep's)."""
     sweep = load_sweep(sweep_path)
     program = str(sweep["program"])
     if not os.path.exists(program):
         raise UserError(f"program {program!r} of {sweep_path} not found in {os.getcwd()} "
                         f"(run the grid from the directory wandb agents would run in: the repository root)")
-    combos = expand(sweep, sweep_path)
+    overrides = dict(overrides or {})
+    if data_path is not None:
+        overrides["data_path"] = [data_path]
+    extra = list(extra or [])
+    extra_flags = parse_extra(extra)
+    combos = expand(sweep, sweep_path, overrides)
+    for name in extra_flags:
+        if name in combos[0]:
+            raise UserError(f"extra flag --{name} is a parameter of {sweep_path}: give --set {name}=VALUE "
+                            f"to change its values" + (" (or --data_path)" if name == "data_path" else ""))
     varying = [k for k in combos[0] if len({canonical(c[k]) for c in combos}) > 1]
     runs, seen = [], set()
     for params in combos:
         params = {k: v for k, v in params.items() if k != "results_dir"}  # the runner places results itself
-        name = results_name(params)
+        name = results_name({**params, **extra_flags})
         if name in seen:
             raise UserError(f"{sweep_path}: two runs have the same parameters ({name})")
         seen.add(name)
         results_file = os.path.join(results_dir, name + ".json")
         argv = render_command(sweep.get("command") or DEFAULT_COMMAND, program, params, interpreter)
+        argv += extra
         argv.append(f"--results_file={results_file}")
         checkpoint_dir = os.path.join(results_dir, "checkpoints", name) if checkpoints else None
         if checkpoint_dir:
@@ -154,19 +234,6 @@ def plan(sweep_path: str, results_dir: str, interpreter: str = sys.executable,
         runs.append(GridRun(params, " ".join(f"{k}={params[k]}" for k in varying) or name, results_file,
                             os.path.join(results_dir, "logs", name + ".log"), argv, checkpoint_dir))
     return runs
-
-
-def _headline(path: str) -> str:
-    """The run's headline numbers from its results file, for the progress line."""
-    import json
-    try:
-        with open(path) as f:
-            results = json.load(f)
-    except (OSError, ValueError):
-        return ""
-    shown = [(label, results.get(key)) for label, key in
-             (("Class-IL", "class_il"), ("Task-IL", "task_il"), ("acc", "accuracy"))]
-    return "  ".join(f"{label} {value:.2f}" for label, value in shown if isinstance(value, (int, float)))
 
 
 def _clock(seconds: float) -> str:
@@ -268,7 +335,7 @@ def run_grid(runs: List[GridRun], jobs: int = 1, out=None) -> int:
                 took = time.monotonic() - began
                 why = finished_status(run, proc.returncode)
                 if why is None:
-                    status = f"done  {run.label}  {took:.1f}s  {_headline(run.results_file)}"
+                    status = f"done  {run.label}  {took:.1f}s  {headline(run.results_file)}"
                 else:
                     failed.append(run.label)
                     status = f"FAILED ({why}) {run.label}: {_log_tail(run.log_file)}  [log: {run.log_file}]"
@@ -335,19 +402,34 @@ def _raise_interrupt(signum, frame):
 
 
 def main(argv: Optional[list] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m utils.grid", description=__doc__.split("\n\n")[0])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = []
+    if "--" in argv:  # everything after -- goes to every run
+        argv, extra = argv[:argv.index("--")], argv[argv.index("--") + 1:]
+    p = argparse.ArgumentParser(prog="python -m utils.grid", description=__doc__.split("\n\n")[0],
+                                usage="%(prog)s SWEEP --results_dir DIR [options] [-- EXTRA FLAGS]",
+                                epilog="-- EXTRA FLAGS: flags appended to every run's command, e.g. -- --n_epochs 1; "
+                                       "they are part of the results name unless operational (utils/flags.py)")
     p.add_argument("sweep", help="a wandb sweep file with method: grid (e.g. sweeps/seq-digits.yaml)")
     p.add_argument("--results_dir", required=True, help="where the results files (and logs/) go")
     p.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
     p.add_argument("--checkpoints", action="store_true",
                    help="checkpoint each run after every task (under DIR/checkpoints) and resume interrupted runs "
                         "from there on restart; the program must take --checkpoint_dir and --resume (main.py does)")
+    p.add_argument("--set", action="append", nargs="+", default=[], metavar="KEY=VALUES",
+                   help="replace (or add) a sweep parameter's values, separated by commas or spaces: "
+                        "--set seed=1,2,3 or --set seed=1 2 3 (repeatable)")
+    p.add_argument("--data_path", help=f"every run's --data_path (default: ${DATA_PATH_ENV}, else the sweep's "
+                                       f"or the program's)")
     p.add_argument("--dry_run", action="store_true", help="print the commands of the runs still to do and exit")
     args = p.parse_args(argv)
     if args.jobs < 1:
         p.error(f"--jobs must be at least 1, got {args.jobs}")
+    data_path = args.data_path if args.data_path is not None else os.environ.get(DATA_PATH_ENV) or None
     try:
-        runs = plan(args.sweep, args.results_dir, checkpoints=args.checkpoints)
+        overrides = parse_set([token for group in args.set for token in group])
+        runs = plan(args.sweep, args.results_dir, checkpoints=args.checkpoints, overrides=overrides,
+                    extra=extra, data_path=data_path)
     except UserError as exc:
         print(f"utils.grid: error: {exc}", file=sys.stderr)
         return 2
@@ -356,6 +438,8 @@ def main(argv: Optional[list] = None) -> int:
             if not os.path.exists(run.results_file):
                 print(" ".join(run.argv))
         return 0
+    if data_path is not None and args.data_path is None:
+        print(f"--data_path {data_path} (from ${DATA_PATH_ENV})", flush=True)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # stopped like Ctrl-C: the runs are stopped too
     try:
         return 1 if run_grid(runs, args.jobs) else 0
