@@ -109,3 +109,19 @@ def test_run_label_and_headline(tmp_path):
     assert headline(write(tmp_path, "a.json", cl())) == "Class-IL 90.00  Task-IL 98.00"
     assert headline(write(tmp_path, "lt.json", {"accuracy": 71.234})) == "acc 71.23"
     assert headline(str(tmp_path / "missing.json")) == ""
+
+
+def test_which_metrics_may_be_null(tmp_path):
+    """Class-IL must be a number; Task-IL, forgetting and BWT may be null but must be written."""
+    flags = head_flags()
+    rec = record("a.json", cl(task_il=None, forgetting_class_il=None), flags)
+    assert math.isnan(rec["Task-IL"]) and math.isnan(rec["Forgetting Class-IL"]) and rec["Class-IL"] == 90.0
+    for broken, message in [(cl(class_il=None), "'class_il'"),
+                            (cl(validation={"task_il": 1.0}), "validation.'class_il'")]:
+        with pytest.raises(ResultsError, match=message):
+            record("a.json", broken, flags)
+    missing = cl()
+    del missing["bwt_class_il"]
+    with pytest.raises(ResultsError, match="'bwt_class_il' is missing"):
+        record("a.json", missing, flags)
+    assert math.isnan(record("a.json", cl(validation=None), flags)["val_class_il"])

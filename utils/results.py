@@ -29,11 +29,11 @@ from typing import Dict, List, Tuple
 
 from utils.flags import OPERATIONAL_FLAGS, canonical
 
-# label -> results-file field; the first two are required, the others may be null
+# label -> results-file field: each must be in the file; Class-IL must be a number, the others may be null
+# (a one-row matrix has no forgetting; a setting without task identities no Task-IL)
 CL_METRICS = {"Class-IL": "class_il", "Task-IL": "task_il",
               "Forgetting Class-IL": "forgetting_class_il", "Forgetting Task-IL": "forgetting_task_il",
               "BWT Class-IL": "bwt_class_il", "BWT Task-IL": "bwt_task_il"}
-REQUIRED_CL_METRICS = ("Class-IL", "Task-IL")
 LT_METRICS = {"Acc": "accuracy", "Many": "many_acc", "Medium": "medium_acc", "Few": "few_acc"}
 # epoch label -> the results-file block holding it (the final epoch is also at the top level: the headline)
 LT_EPOCHS = {"final epoch": "final_epoch", "best epoch (selected on test)": "best_epoch"}
@@ -80,10 +80,10 @@ def is_partial(results: dict) -> bool:
     return results.get("partial") is True
 
 
-def number(mapping: dict, key: str, where: str = "", optional: bool = False) -> float:
-    """A finite number; with ``optional`` a missing key or ``null`` is NaN."""
+def number(mapping: dict, key: str, where: str = "", nullable: bool = False) -> float:
+    """A finite number; with ``nullable`` an explicit ``null`` is NaN (the key must still be there)."""
     value = mapping.get(key)
-    if optional and value is None:
+    if nullable and key in mapping and value is None:
         return math.nan
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ResultsError(f"field {where}{key!r} is missing or not a finite number ({value!r})")
@@ -143,7 +143,7 @@ def record(path: str, results: dict, flags_of_heads: Dict[str, dict]) -> dict:
                     rec[lt_key(epoch, label)] = math.nan
                 else:  # the overall accuracy is required; a group is null when no class falls in it
                     rec[lt_key(epoch, label)] = number(block, key, f"{block_key}." if block is not results else "",
-                                                 optional=label != "Acc" or block_key != "final_epoch")
+                                                       nullable=label != "Acc")
         return rec
     rec.update(setting="cl", model=str(_field(args, "model")),
                method=str(_field(args, "model")) + ("+M" if args.get("masked_softmax") else ""),
@@ -152,13 +152,15 @@ def record(path: str, results: dict, flags_of_heads: Dict[str, dict]) -> dict:
     rec["head"] = head_label(args, flags_of_heads)
     _matrix(results, "acc_matrix_task_il")
     for label, key in CL_METRICS.items():
-        rec[label] = number(results, key, optional=label not in REQUIRED_CL_METRICS)
-    validation = results.get("validation")
-    if validation is not None and not isinstance(validation, dict):
+        rec[label] = number(results, key, nullable=label != "Class-IL")
+    validation = results.get("validation")  # null or absent: no validation split was held out
+    if validation is None:
+        rec["val_class_il"] = rec["val_task_il"] = math.nan
+    elif not isinstance(validation, dict):
         raise ResultsError(f"field 'validation' is not a mapping ({validation!r})")
-    validation = validation or {}
-    rec["val_class_il"] = number(validation, "class_il", "validation.", optional=True)
-    rec["val_task_il"] = number(validation, "task_il", "validation.", optional=True)
+    else:
+        rec["val_class_il"] = number(validation, "class_il", "validation.")
+        rec["val_task_il"] = number(validation, "task_il", "validation.", nullable=True)
     return rec
 
 
