@@ -125,3 +125,18 @@ def test_which_metrics_may_be_null(tmp_path):
     with pytest.raises(ResultsError, match="'bwt_class_il' is missing"):
         record("a.json", missing, flags)
     assert math.isnan(record("a.json", cl(validation=None), flags)["val_class_il"])
+
+
+def test_domain_il_and_partial_matrices():
+    flags = head_flags()
+    domain = cl(setting="domain-il", task_il=None, acc_matrix_task_il=None, forgetting_task_il=None,
+                bwt_task_il=None)
+    rec = record("d.json", domain, flags)
+    assert rec["setting"] == "cl" and math.isnan(rec["Task-IL"]) and rec["Class-IL"] == 90.0
+    # a run cut short (--n_tasks 1 of 2) has an unfinished matrix: read when partial, refused otherwise
+    short = cl(acc_matrix_class_il=[[99.0, None]], acc_matrix_task_il=[[99.0, None]])
+    with pytest.raises(ResultsError, match="incomplete"):
+        record("s.json", short, flags)
+    assert record("s.json", dict(short, partial=True), flags)["partial"] is True
+    with pytest.raises(ResultsError, match="other than numbers"):
+        record("b.json", cl(acc_matrix_class_il=[[99.0, None], [True, 1.0]]), flags)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from utils.flags import OPERATIONAL_FLAGS, canonical
 
@@ -96,11 +96,17 @@ def _field(args: dict, key: str):
     return args[key]
 
 
-def _matrix(results: dict, key: str) -> List[list]:
+def _matrix(results: dict, key: str, complete: bool = True, nullable: bool = False) -> Optional[List[list]]:
+    """An accuracy matrix; ``complete``: its last row holds every task's accuracy (a finished run);
+    ``nullable``: ``null`` is allowed (Task-IL on a domain-IL benchmark)."""
     m = results.get(key)
+    if nullable and key in results and m is None:
+        return None
     if not isinstance(m, list) or not m or not all(isinstance(r, list) and r for r in m):
         raise ResultsError(f"field {key!r} is missing or not a list of rows")
-    if any(v is None for v in m[-1]) or not all(v is None or isinstance(v, (int, float)) for r in m for v in r):
+    if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for r in m for v in r):
+        raise ResultsError(f"field {key!r} holds something other than numbers and nulls")
+    if complete and any(v is None for v in m[-1]):
         raise ResultsError(f"field {key!r} is incomplete (the last row must hold every task's accuracy)")
     return m
 
@@ -148,9 +154,9 @@ def record(path: str, results: dict, flags_of_heads: Dict[str, dict]) -> dict:
     rec.update(setting="cl", model=str(_field(args, "model")),
                method=str(_field(args, "model")) + ("+M" if args.get("masked_softmax") else ""),
                classifier=str(_field(args, "classifier")), buffer=_field(args, "buffer_size"),
-               matrix=_matrix(results, "acc_matrix_class_il"))
+               matrix=_matrix(results, "acc_matrix_class_il", complete=not rec["partial"]))
     rec["head"] = head_label(args, flags_of_heads)
-    _matrix(results, "acc_matrix_task_il")
+    _matrix(results, "acc_matrix_task_il", complete=not rec["partial"], nullable=True)
     for label, key in CL_METRICS.items():
         rec[label] = number(results, key, nullable=label != "Class-IL")
     validation = results.get("validation")  # null or absent: no validation split was held out
