@@ -307,9 +307,21 @@ def test_select_on_validation_reports_test_accuracy_of_the_best_validated_settin
 
 def test_select_on_validation_without_validation_fields_is_refused_in_one_line(results_dir, capsys):
     assert main([str(results_dir), "--select_on", "validation"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "has a 'validation' field" in err and "--validation PCT" in err
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "has a 'validation' field" in captured.err
+    assert "--validation PCT" in captured.err and "buffer 200" not in captured.out   # refused before any table
     assert not (results_dir / "summary.csv").exists()
+
+
+def test_select_on_validation_with_partial_runs_lacking_validation(tmp_path, capsys):
+    write(tmp_path / "a.json", validated("er", "fc", 1, 0.1, 70.0, 60.0))
+    smoke = cl_results("er", "fc", 1, 10.0, 20.0, debug_mode=1)
+    smoke["partial"] = True
+    write(tmp_path / "smoke.json", smoke)
+    assert main([str(tmp_path), "--select_on", "validation", "--include_partial"]) == 0
+    printed = capsys.readouterr().out
+    assert "--select_on validation: none of the partial runs has a 'validation' field" in printed
+    assert "60.00 (1)" in printed and "10.00 (1)" in printed
 
 
 def test_runs_without_validation_are_left_out_of_a_selection(tmp_path, capsys):

@@ -503,13 +503,14 @@ def summarize_part(records: List[dict], report, select_on: Optional[str] = None,
     if not cl.empty and select_on == "validation":
         validated = cl["val_class_il"].notna()
         if not validated.any():
-            raise SelectionError(f"--select_on validation: none of the {len(cl)} continual-learning results files "
-                                 f"has a 'validation' field (run with --validation PCT)")
-        if not validated.all():
+            report(f"--select_on validation: none of the {title or 'full runs'} has a 'validation' field; they "
+                   f"are shown without selection")
+        elif not validated.all():
             report(f"left out {int((~validated).sum())} run(s) without a 'validation' field from --select_on "
                    f"validation")
-        cl = select_on_validation(cl[validated], report)
-        ignore |= {k for model in cl["model"].unique() for k in swept_flags(model)}
+        if validated.any():
+            cl = select_on_validation(cl[validated], report)
+            ignore |= {k for model in cl["model"].unique() for k in swept_flags(model)}
     if not cl.empty:
         warn_mixed_settings(cl, ["dataset", "buffer", "method", "head"], report)
         warn_unpaired(cl, fixed, ignore, report)
@@ -563,6 +564,10 @@ def summarize(directory: str, plots_dir: Optional[str] = None, latex: Optional[s
     if not parts:
         report(f"no usable results files under {directory}")
         return 0
+    cl_runs = [r for runs, *_ in parts for r in runs if r["setting"] == "cl"]
+    if select_on == "validation" and cl_runs and all(math.isnan(r["val_class_il"]) for r in cl_runs):
+        raise SelectionError(f"--select_on validation: none of the {len(cl_runs)} continual-learning results files "
+                             f"has a 'validation' field (run with --validation PCT)")
     numeric, markdown = [], []
     for runs, title, part_plots, part_latex in parts:
         part_numeric, part_markdown = summarize_part(runs, report, select_on, part_plots, part_latex, title)
