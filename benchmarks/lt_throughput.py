@@ -24,11 +24,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-import main_lt  # noqa: E402
-from datasets.long_tail import get_lt_dataset_class, long_tail_counts  # noqa: E402
 from datasets.utils.continual_dataset import Split  # noqa: E402
-from utils.lt_training import (LT_METHODS, LongTailData, Processes, ResidentBatches,  # noqa: E402
-                               ResidentTestBatches, build_run, lt_method_names, train_step)
+from longtail.args import parse_args  # noqa: E402
+from longtail.arms import LT_METHODS, lt_method_names  # noqa: E402
+from longtail.batches import LongTailData, ResidentBatches, ResidentTestBatches  # noqa: E402
+from longtail.data import get_lt_dataset_class, long_tail_counts  # noqa: E402
+from longtail.processes import Processes  # noqa: E402
+from longtail.trainer import build_run, train_step  # noqa: E402
 from utils.seeding import make_generator  # noqa: E402
 
 
@@ -72,7 +74,7 @@ def peak_memory_mib(device: torch.device) -> float:
 def measure(method: str, amp: str, channels_last: int, opts) -> dict:
     argv = ["--dataset", opts.dataset, "--method", method, "--batch_size", str(opts.batch_size),
             "--device", opts.device, "--amp", amp, "--channels_last", str(channels_last)]
-    args = main_lt.parse_args(argv + (["--width", str(opts.width)] if opts.width else []))
+    args = parse_args(argv + (["--width", str(opts.width)] if opts.width else []))
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

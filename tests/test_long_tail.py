@@ -12,12 +12,12 @@ import torch
 
 import main_lt
 from backbone.heads import fno_matrix, simplex_etf
-from datasets.long_tail import long_tail_counts, long_tail_subset, shot_groups
 from datasets.utils.cifar_io import write_cifar
-from utils.errors import UserError
-from utils.lt_losses import (ARC_LOSS_EPS, arc_coefficients, arc_mixup_batch, arc_mixup_loss,
+from longtail.data import long_tail_counts, long_tail_subset, shot_groups
+from longtail.losses import (ARC_LOSS_EPS, arc_coefficients, arc_mixup_batch, arc_mixup_loss,
                              balanced_pairs, mixup_batch)
-from utils.lt_training import long_tail_metrics
+from longtail.metrics import long_tail_metrics
+from utils.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_PER_CLASS = 120  # ratio 100 on 10 classes: 120, 71, 42, 25, 15, 8, 5, 2, 1, 1 -> many, medium and few all occur
@@ -25,9 +25,7 @@ TINY = ["--width", "4", "--batch_size", "32", "--n_epochs", "1", "--device", "cp
 
 
 def gen(seed=0):
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return g
+    return torch.Generator().manual_seed(seed)
 
 
 # ----------------------------------------------------------------------------- the LT profile
@@ -187,9 +185,9 @@ def test_etf_needs_enough_dimensions():
 
 # ----------------------------------------------------------------------------- end to end
 
-@pytest.fixture(scope="module")
-def cifar_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cifar")
+def write_tiny_cifar(root, n_train: int, n_test: int) -> str:
+    """CIFAR-10 in torchvision's layout, ``n_train`` / ``n_test`` images per class: noise whose brightness
+    grows with the class, so that a tiny network learns something in an epoch."""
     rng = np.random.RandomState(0)
 
     def split(n_per_class):
@@ -197,8 +195,13 @@ def cifar_dir(tmp_path_factory):
         x = (rng.randint(0, 128, (len(y), 3, 32, 32)) + (y * 12)[:, None, None, None]).astype(np.uint8)
         return x, y
 
-    write_cifar(str(root), "cifar10", split(N_PER_CLASS), split(6))
+    write_cifar(str(root), "cifar10", split(n_train), split(n_test))
     return str(root)
+
+
+@pytest.fixture(scope="module")
+def cifar_dir(tmp_path_factory):
+    return write_tiny_cifar(tmp_path_factory.mktemp("cifar"), N_PER_CLASS, 6)
 
 
 def run_main(argv, capsys):

@@ -10,7 +10,6 @@ import copy
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,16 +18,20 @@ import main_lt
 from backbone.heads import simplex_etf
 from backbone.resnet_cifar import ResNet32
 from backbone.resnet_imagenet import TorchvisionResNet
-from datasets.long_tail import (Cifar100LongTail, Cifar10LongTail, describe_shot_groups, get_lt_dataset_class,
-                                long_tail_counts, shot_groups)
-from datasets.utils.cifar_io import write_cifar
+from backbone.heads import Network
 from datasets.utils.continual_dataset import Split
+from longtail import trainer
+from longtail.arms import LT_METHODS, BatchNormETFHead
+from longtail.batches import LongTailData, ResidentBatches, ResidentTestBatches
+from longtail.data import (Cifar100LongTail, Cifar10LongTail, describe_shot_groups, get_lt_dataset_class,
+                           long_tail_counts, shot_groups)
+from longtail.losses import ARC_LOSS_EPS, arc_mixup_loss, class_balancing_scale, dot_regression_loss
+from longtail.processes import Processes
+from longtail.schedule import lr_factor
+from longtail.trainer import build_run, load_pretrained, run_long_tail, train_step
+from tests.test_long_tail import write_tiny_cifar
 from utils.errors import DataError
 from utils.guards import DivergedError
-from utils.lt_losses import ARC_LOSS_EPS, arc_mixup_loss, class_balancing_scale, dot_regression_loss
-from utils import lt_training
-from utils.lt_training import (BatchNormETFHead, LongTailData, Processes, ResidentBatches, ResidentTestBatches,
-                               build_run, load_pretrained, lr_factor, run_long_tail, train_step)
 from utils.seeding import make_generator
 
 TINY = ["--width", "4", "--batch_size", "32", "--device", "cpu", "--seed", "3"]
@@ -93,8 +96,8 @@ class Flat(torch.nn.Module):
 
 def tiny_method(name, alpha=1.0):
     args = args_for("--method", name, "--mixup_alpha", str(alpha))
-    method = lt_training.LT_METHODS[name](args, Cifar10LongTail, torch.device("cpu"))
-    net = lt_training.Network(Flat(), method.make_head(Flat.feature_dim))
+    method = LT_METHODS[name](args, Cifar10LongTail, torch.device("cpu"))
+    net = Network(Flat(), method.make_head(Flat.feature_dim))
     return method, net
 
 
@@ -227,15 +230,7 @@ def test_every_dataset_defaults_to_the_paper_ranks(dataset, ranks):
 
 @pytest.fixture(scope="module")
 def cifar_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cifar")
-    rng = np.random.RandomState(0)
-
-    def split(n_per_class):
-        y = np.repeat(np.arange(10), n_per_class)
-        return (rng.randint(0, 128, (len(y), 3, 32, 32)) + (y * 12)[:, None, None, None]).astype(np.uint8), y
-
-    write_cifar(str(root), "cifar10", split(60), split(4))
-    return str(root)
+    return write_tiny_cifar(tmp_path_factory.mktemp("cifar"), 60, 4)
 
 
 def test_results_hold_final_and_best_epoch_and_the_group_definition(cifar_dir, tmp_path, capsys):
@@ -268,7 +263,7 @@ def test_results_hold_final_and_best_epoch_and_the_group_definition(cifar_dir, t
 
 @pytest.mark.filterwarnings("ignore:Detected call of")  # no optimizer step: train_step is faked
 def test_a_diverged_run_stops_with_the_shared_guard(cifar_dir, monkeypatch):
-    monkeypatch.setattr(lt_training, "train_step", lambda run, x, y: torch.tensor(float("nan")))
+    monkeypatch.setattr(trainer, "train_step", lambda run, x, y: torch.tensor(float("nan")))
     args = args_for("--method", "ce", "--data_path", cifar_dir, "--n_epochs", "2", *TINY)
     with pytest.raises(DivergedError, match="in epoch 1.*--lr"):
         run_long_tail(args, log=lambda *a: None)
@@ -339,10 +334,10 @@ def test_fp16_on_cuda_uses_a_grad_scaler_and_evaluation_does_not_sync(method, ci
     assert run.scaler is not None
     for x, y in run.data.train.epoch(0):
         assert torch.isfinite(train_step(run, x, y))
-    lt_training.evaluate(run)  # first: cuDNN autotuning
+    trainer.evaluate(run)  # first: cuDNN autotuning
     torch.cuda.set_sync_debug_mode("error")  # any host synchronisation inside evaluate raises
     try:
-        hits, counts = lt_training.evaluate(run)
+        hits, counts = trainer.evaluate(run)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert hits.is_cuda and int(counts.sum()) == run.data.num_test
@@ -368,7 +363,7 @@ def test_pretrained_loads_a_state_dict_the_test_writes(cifar_dir, tmp_path, caps
     path = tmp_path / "resnet32.pth"
     torch.save(state, path)
     args = args_for("--method", "ce", "--pretrained", str(path), *TINY)
-    net = lt_training.build_network(args, Cifar10LongTail(cifar_dir), lt_training.LT_METHODS["ce"](
+    net = trainer.build_network(args, Cifar10LongTail(cifar_dir), LT_METHODS["ce"](
         args, Cifar10LongTail, torch.device("cpu")))
     for k, v in source.state_dict().items():
         assert torch.equal(net.backbone.state_dict()[k], v), k

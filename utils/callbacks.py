@@ -13,7 +13,9 @@ list, ``longtail.callbacks`` the long-tail one.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+import contextlib
+import types
+from typing import Callable, Iterator, Optional
 
 from utils.checkpoint import save_checkpoint
 from utils.collapse import summary as collapse_summary, task_collapse_metrics
@@ -119,6 +121,24 @@ class Checkpoint(Callback):
         if exit_code == 130:
             self.log(f"Interrupted after {self.done} completed {self.stage}(s); the checkpoint in {self.directory} "
                      f"keeps them: rerun with --resume to continue")
+
+
+@contextlib.contextmanager
+def reporting_run_end(run, callbacks) -> Iterator[types.SimpleNamespace]:
+    """Around a trainer's stages: every callback's ``on_run_end`` is called once however the block ends -
+    with ``outcome.results`` (set inside the block) and 0, or with ``None`` and 130 on KeyboardInterrupt,
+    1 on any other error (which then propagates)."""
+    outcome = types.SimpleNamespace(results=None)
+    exit_code = 1
+    try:
+        yield outcome
+        exit_code = 0
+    except KeyboardInterrupt:
+        exit_code = 130
+        raise
+    finally:
+        for callback in callbacks:
+            callback.on_run_end(run, outcome.results if exit_code == 0 else None, exit_code)
 
 
 def standard_callbacks(args, progress: ProgressBar, log, logger: WandbLogger, stages_done: int = 0) -> list:

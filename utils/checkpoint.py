@@ -37,7 +37,7 @@ import random
 import signal
 import threading
 import zipfile
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -148,7 +148,7 @@ def check_rng(path: str, device: torch.device, generators: dict, saved) -> None:
     expected = GLOBAL_RNG_KEYS | set(generators)
     if not isinstance(saved, dict) or not expected <= set(saved):
         missing = expected - set(saved) if isinstance(saved, dict) else ["rng"]
-        raise CheckpointError(path, f"its random-generator states lack {_few(missing)}")
+        raise CheckpointError(path, f"its random-generator states lack {few(missing)}")
     on_cuda = device.type == "cuda"
     if (saved["cuda"] is None) == on_cuda or not (saved["cuda"] is None or isinstance(saved["cuda"], (list, tuple))):
         raise CheckpointError(path, "its CUDA generator states do not fit this run's --device")
@@ -185,7 +185,7 @@ def _one_line(exc: Exception) -> str:
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
-def _few(names) -> str:
+def few(names) -> str:
     """At most three names, quoted (so that no stored string can break the one-line message)."""
     names = sorted(str(n) for n in names)
     return ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
@@ -243,7 +243,7 @@ def read_checkpoint(path: str, trainer: str, keys: frozenset) -> dict:
         raise CheckpointError(path, f"it was saved by {PROGRAMS.get(written_by, show(written_by))}, not by "
                                     f"{PROGRAMS[trainer]}")
     if not keys <= set(state):
-        raise CheckpointError(path, f"it lacks {_few(keys - set(state))}, which every checkpoint holds")
+        raise CheckpointError(path, f"it lacks {few(keys - set(state))}, which every checkpoint holds")
     return state
 
 
@@ -297,7 +297,7 @@ def check_state_dict(path: str, expected: dict, saved, what: str, cause: str) ->
     missing, unexpected = set(expected) - set(saved), set(saved) - set(expected)
     if missing or unexpected:
         raise CheckpointError(path, f"its {what} is not this run's, as if saved with {cause} (missing "
-                                    f"{_few(missing) or 'none'}, unexpected {_few(unexpected) or 'none'})")
+                                    f"{few(missing) or 'none'}, unexpected {few(unexpected) or 'none'})")
     for name, value in expected.items():
         stored = saved[name]
         if not (isinstance(stored, torch.Tensor) and stored.shape == value.shape and stored.dtype == value.dtype):
@@ -311,6 +311,21 @@ def load_state(path: str, what: str, target, state) -> None:
         target.load_state_dict(state)
     except Exception as exc:
         raise CheckpointError(path, f"its {what} state does not fit this run ({_one_line(exc)})") from None
+
+
+def resume_or_start(run, log, find: Callable, restore: Callable, fresh: Callable[[], dict], stage: str) -> tuple:
+    """(history, wandb logger state) of a run: from the checkpoint in ``--checkpoint_dir`` when it holds
+    one (``find(args)`` reads and checks it, ``restore(run, state)`` puts it back), else ``fresh()`` and
+    no logger state.  ``stage`` ("task", "epoch") names what the run counts in the message."""
+    args = run.args
+    saved = find(args) if args.checkpoint_dir else None
+    if saved is None:
+        if args.resume:
+            log(f"No checkpoint in {args.checkpoint_dir} yet: starting from the first {stage}")
+        return fresh(), None
+    restore(run, saved)
+    log(f"Resuming from {args.checkpoint_dir}: {saved['history']['stages_done']} {stage}(s) already done")
+    return saved["history"], saved["logger"]
 
 
 # ----------------------------------------------------------------------------- the continual trainer's checkpoint
@@ -355,7 +370,7 @@ def _check_history(path: str, run, history) -> None:
     as long as the number of tasks seen at that stage."""
     if not isinstance(history, dict) or not HISTORY_KEYS <= set(history):
         missing = HISTORY_KEYS - set(history) if isinstance(history, dict) else ["history"]
-        raise CheckpointError(path, f"its history of completed tasks lacks {_few(missing)}")
+        raise CheckpointError(path, f"its history of completed tasks lacks {few(missing)}")
     n_tasks = run.dataset.N_TASKS
     n_stages = 1 if run.model.JOINT else n_tasks
     done = history["stages_done"]

@@ -1,8 +1,9 @@
 """Long-tailed benchmarks: CIFAR-10/100-LT (device-resident) and ImageNet-LT / Places-LT (split lists).
 
-These are not continual benchmarks: they live in their own registry
+These are not continual benchmarks: they live in this package's own registry
 (``LT_DATASETS``), read by ``main_lt.py``, and never appear in ``main.py``'s
-``--dataset`` choices.
+``--dataset`` choices.  Their normalisation constants come from the table the
+continual benchmarks share (``datasets.utils.normalisation``).
 
 * ``cifar10-lt`` / ``cifar100-lt``: the CIFAR training set cut to the
   exponential profile n_c = floor(n_max * (1/rho)^(c/(K-1))) for class
@@ -16,8 +17,7 @@ These are not continual benchmarks: they live in their own registry
 
 Each class also carries the authors' protocol (khyong/FNO-classifier,
 ``fno_lt/configs``): ``PRESET`` (what ``main_lt.py --load_best_args`` sets),
-the many / medium / few rank ranges of the paper's table, and the
-normalisation constants.
+and the many / medium / few rank ranges of the paper's table.
 """
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from datasets.utils.continual_dataset import Split
+from datasets.utils import normalisation
 from datasets.utils.cifar_io import load_cifar
+from datasets.utils.continual_dataset import Split
 from datasets.utils.transforms import DeviceTransform
 from utils.errors import DataError, UserError
 from utils.registry import UnknownNameError, registrar
@@ -40,9 +41,6 @@ SUBSET_SEED = 0  # which images a CIFAR-LT class keeps is part of the benchmark,
 MANY_SHOT_ABOVE = 100  # "counts" groups: many: more than 100 training images; few: fewer than 20; medium: the rest
 FEW_SHOT_BELOW = 20
 SHOT_GROUP_DEFINITIONS = ("paper", "counts")
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-# The authors normalise CIFAR-10-LT and CIFAR-100-LT alike with these (their imbalance_cifar.py).
-CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
 
 def get_lt_dataset_class(name: str) -> type:
@@ -157,7 +155,7 @@ class CifarLongTail(LongTailDataset):
     BACKBONE = "resnet32"
     TAKES_IMBALANCE_RATIO = True
     DEFAULT_IMBALANCE_RATIO = 100.0
-    TRANSFORM = DeviceTransform(255.0, mean=CIFAR_MEAN, std=CIFAR_STD, crop_padding=4, flip=True)
+    TRANSFORM = DeviceTransform(255.0, *normalisation.CIFAR_LT, crop_padding=4, flip=True)
     # The authors' CIFAR-LT configs, every arm: these are main_lt.py's defaults too.
     PRESET = {"n_epochs": 200, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4,
               "schedule": "step", "warmup_epochs": 5, "lr_milestones": [160, 180], "lr_decay": 0.1,
@@ -262,7 +260,7 @@ class ImageListLongTail(LongTailDataset):
     SCHEDULE = "cosine"
     # Decoding, cropping and colour jitter in the workers; Places-LT too is normalised with ImageNet's
     # constants, as the authors' dataset code does (their Places config's own constants are not used).
-    TRANSFORM = DeviceTransform(255.0, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    TRANSFORM = DeviceTransform(255.0, *normalisation.IMAGENET)
     DR_NORM_PENALTY = 0.01
     # The authors' ImageNet-LT / Places-LT configs: cosine to 0 over all epochs, no warm-up, fp16.
     PRESET = {"batch_size": 256, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine",
