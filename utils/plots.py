@@ -2,7 +2,7 @@
 
 Figures are ``matplotlib.figure.Figure`` objects (no pyplot: no global figure
 state, no GUI backend) and are written as PNG atomically.  Each head has one
-colour everywhere; axes have a light grid; accuracy axes run from 0 to 100 so
+colour everywhere; axes have a light grid; accuracy axes run from 0 to (just above) 100 so
 that differences are never magnified by an auto-zoomed axis.
 matplotlib is an optional dependency (the ``plots`` extra): ``available()``
 says whether it can be imported, and nothing here imports it before it is used.
@@ -17,7 +17,7 @@ DPI = 110
 HEAD_COLOURS = {"fc": "#4c72b0", "fno": "#dd8452", "etf": "#55a868", "orth": "#c44e52"}
 OTHER_COLOURS = ("#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd")
 IDEAL_STYLE = dict(color="black", linestyle="--", linewidth=1.0, alpha=0.7)
-ACCURACY_LIMITS = (0.0, 100.0)
+ACCURACY_LIMITS = (0.0, 102.0)  # a little headroom above 100%
 MISSING_MATPLOTLIB = "matplotlib is not installed (pip install -e '.[plots]')"
 
 
