@@ -17,7 +17,7 @@ import contextlib
 import types
 from typing import Callable, Iterator, Optional
 
-from utils.checkpoint import save_checkpoint
+from utils.checkpoint import save_checkpoint, signals_held
 from utils.collapse import summary as collapse_summary, task_collapse_metrics
 from utils.errors import UserError
 from utils.progress import ProgressBar
@@ -109,13 +109,16 @@ class Checkpoint(Callback):
         completed = history["stages_done"]
         if completed % self.every and completed != self.last:
             return
-        try:
-            self.save(self.directory, run, history, self.logger_state())
-        except OSError as exc:
-            raise UserError(f"could not write the checkpoint to {self.directory} after {self.stage} {stage + 1}: "
-                            f"{exc.strerror or exc}; the previous checkpoint there (if any) is intact: free space "
-                            f"or pick another --checkpoint_dir and rerun with --resume") from None
-        self.done = completed
+        # A Ctrl-C or SIGTERM during the save is delivered once it is over and counted, so that the
+        # message on the way out names what the file holds.
+        with signals_held():
+            try:
+                self.save(self.directory, run, history, self.logger_state())
+            except OSError as exc:
+                raise UserError(f"could not write the checkpoint to {self.directory} after {self.stage} "
+                                f"{stage + 1}: {exc.strerror or exc}; the previous checkpoint there (if any) is "
+                                f"intact: free space or pick another --checkpoint_dir and rerun with --resume") from None
+            self.done = completed
 
     def on_run_end(self, run, results, exit_code):
         if exit_code == 130:
