@@ -330,16 +330,17 @@ def test_ddp_two_cpu_processes_with_gloo(cifar_dir, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["lt-cifar10", "lt-cifar100"])
-def test_sweep_files_cover_the_grid_and_parse(name):
-    import itertools
-    import yaml
-    with open(os.path.join(REPO, "sweeps", f"{name}.yaml")) as f:
-        sweep = yaml.safe_load(f)
+def test_sweep_files_cover_the_grid_and_the_grid_commands_parse(name, tmp_path, monkeypatch):
+    """Every run the grid runner plans with --checkpoints (--results_file, --checkpoint_dir, --resume added) parses."""
+    from utils.grid import expand, load_sweep, plan
+    path = os.path.join(REPO, "sweeps", f"{name}.yaml")
+    sweep = load_sweep(path)
     assert sweep["program"] == "main_lt.py" and sweep["method"] == "grid"
-    params = sweep["parameters"]
-    assert set(params["method"]["values"]) == {"ce", "mixup", "etf-dr", "arc-mixup"}
-    assert set(params["imbalance_ratio"]["values"]) == {100, 50, 10}
-    keys = list(params)
-    for combo in itertools.product(*(params[k]["values"] for k in keys)):
-        args = main_lt.parse_args([f"--{k}={v}" for k, v in zip(keys, combo)])
+    combos = expand(sweep)
+    assert {(c["method"], c["imbalance_ratio"], c["seed"]) for c in combos} == {
+        (m, r, s) for m in ("ce", "mixup", "etf-dr", "arc-mixup") for r in (100, 50, 10) for s in (1, 2, 3)}
+    monkeypatch.chdir(REPO)
+    for run in plan(path, str(tmp_path), checkpoints=True):
+        args = main_lt.parse_args(run.argv[run.argv.index("main_lt.py") + 1:])
         assert args.backbone == "resnet32" and args.width == (32 if name == "lt-cifar100" else 16)
+        assert (args.results_file, args.checkpoint_dir, args.resume) == (run.results_file, run.checkpoint_dir, True)
