@@ -254,10 +254,9 @@ def make_results(run: LongTailRun, history: dict, wall_time_s: float) -> dict:
     }
 
 
-def headline(results: dict) -> str:
+def headline(args, results: dict) -> str:
     """The one line the entry point prints at the end."""
-    args = results["args"]
-    return f"Final ({args['method']}, {args['dataset']}, ratio {args['imbalance_ratio']}): {format_metrics(results)}"
+    return f"Final ({args.method}, {args.dataset}, ratio {args.imbalance_ratio}): {format_metrics(results)}"
 
 
 def silent(*args, **kwargs) -> None:

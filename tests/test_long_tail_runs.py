@@ -63,6 +63,13 @@ def test_a_second_process_on_the_same_run_is_refused(cifar_dir, tmp_path, capsys
     assert "epoch 1/" not in io.out and not results.exists()
 
 
+def test_a_failed_run_leaves_no_empty_results_folder(cifar_dir, tmp_path, capsys):
+    results = tmp_path / "new" / "deeper" / "r.json"
+    code, io = run_main(TINY + ["--data_path", cifar_dir, "--results_file", str(results),
+                                "--pretrained", str(tmp_path / "missing.pth")], capsys)
+    assert code == 2 and "no such file" in io.err and not (tmp_path / "new").exists()
+
+
 class RecordingBar:
     """A progress bar that records what it was asked to show."""
 

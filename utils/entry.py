@@ -4,7 +4,8 @@
 KeyboardInterrupt, so the trainer stops cleanly and keeps its checkpoint;
 checks that every output location is writable before the first step; holds the
 per-run lock (``utils.runlock``) while the run lasts; prints the headline once
-and writes the results atomically.  Bad input is one line on stderr and exit
+and writes the results atomically; removes the results folders a failed run
+created and left empty.  Bad input is one line on stderr and exit
 code 2, an interruption exit code 130.
 
 Only the process that writes (rank 0 under torchrun, ``writes=True``) checks,
@@ -12,6 +13,7 @@ locks and writes: the other processes of a job share its files.
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from typing import Callable, Optional
@@ -45,15 +47,18 @@ def save_results(args, results: dict) -> None:
         raise UserError(f"could not write the results to {args.results_file}: {exc.strerror or exc}; {keep}") from None
 
 
-def run_entry(prog: str, args, experiment: Callable[[object], Optional[dict]], headline: Callable[[dict], str],
-              writes: bool = True) -> int:
+def run_entry(prog: str, args, experiment: Callable[[object], Optional[dict]],
+              headline: Callable[[object, dict], str], writes: bool = True) -> int:
     """Run ``experiment(args)`` as a command: the exit code (0, 2: bad input, 130: interrupted).
 
     ``experiment`` returns the results, or ``None`` in a process that does not
-    write them; ``headline(results)`` is the one line printed at the end.
+    write them; ``headline(args, results)`` is the one line printed at the end.
+    The folders a failed run created for its results file are removed again if left empty.
     """
+    from datasets.utils import absent_folders, remove_empty_folders
     from utils.runlock import run_lock
     previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    created = absent_folders(os.path.dirname(os.path.abspath(args.results_file))) if writes and args.results_file else []
     try:
         if writes:
             check_outputs(args)
@@ -61,10 +66,10 @@ def run_entry(prog: str, args, experiment: Callable[[object], Optional[dict]], h
         with run_lock(*places):  # one process per run, or a one-line refusal
             results = experiment(args)
             if results is not None:
-                print(headline(results), flush=True)
+                print(headline(args, results), flush=True)
                 if args.results_file:
                     save_results(args, results)
-                    print(f"Results written to {args.results_file}")
+                    print(f"Results written to {os.path.abspath(args.results_file)}")
     except UserError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
@@ -73,4 +78,5 @@ def run_entry(prog: str, args, experiment: Callable[[object], Optional[dict]], h
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+        remove_empty_folders(created)
     return 0
