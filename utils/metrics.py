@@ -2,7 +2,18 @@
 
 An accuracy matrix ``A`` is a list of rows; ``A[t][j]`` is the accuracy (percent)
 on task ``j``'s test set after training on task ``t``, defined for ``j <= t``
-(``None`` above the diagonal: that task has not been seen yet).
+(``None`` above the diagonal: that task has not been seen yet).  Tasks are
+numbered from 0 and ``T`` is the number of tasks (rows).  Forward transfer also
+needs ``A[t-1][t]``, the accuracy on each task just before it is learnt, and
+``R[t]``, the accuracy of the randomly initialised network on task ``t``.
+
+| metric | formula |
+|---|---|
+| final average | ``1/T sum_j A[T-1][j]`` |
+| average incremental accuracy | ``1/T sum_t (1/(t+1) sum_{j<=t} A[t][j])`` |
+| forgetting | ``1/(T-1) sum_{j<T-1} (max_{j<=l<T-1} A[l][j] - A[T-1][j])`` |
+| backward transfer (BWT) | ``1/(T-1) sum_{j<T-1} (A[T-1][j] - A[j][j])`` |
+| forward transfer (FWT) | ``1/(T-1) sum_{t=1}^{T-1} (A[t-1][t] - R[t])`` |
 """
 from __future__ import annotations
 
@@ -51,6 +62,34 @@ def backward_transfer(matrix: Matrix) -> Optional[float]:
     if t < 2:
         return None
     return sum(matrix[t - 1][j] - matrix[j][j] for j in range(t - 1)) / (t - 1)
+
+
+def average_incremental(rows: Sequence[Sequence[float]]) -> float:
+    """Average incremental accuracy (Rebuffi et al., 2017, iCaRL).
+
+    The mean over the rows done so far of each row's mean over the tasks seen
+    by then: 1/T * sum_t (1/(t+1) * sum_{j<=t} A[t][j]).  ``rows`` hold the seen
+    tasks only (or are padded with ``None``, which is skipped).
+    """
+    means = []
+    for row in rows:
+        seen = [a for a in row if a is not None]
+        means.append(sum(seen) / len(seen))
+    return sum(means) / len(means)
+
+
+def forward_transfer(next_task: Sequence[Optional[float]], random_init: Sequence[Optional[float]]) -> Optional[float]:
+    """Forward transfer (Lopez-Paz & Ranzato, 2017, GEM; Mammoth's ``forward_transfer``).
+
+    FWT = 1/(T-1) * sum_{t=1}^{T-1} (A[t-1][t] - R[t]): how much learning the
+    earlier tasks helps a task before it is trained on, against the randomly
+    initialised network.  ``next_task[t-1]`` is A[t-1][t] and ``random_init[t]``
+    is R[t] (``random_init[0]`` is not used).  ``None`` without a pair (T < 2).
+    """
+    pairs = [(a, random_init[t + 1]) for t, a in enumerate(next_task)]
+    if not pairs or any(a is None or r is None for a, r in pairs):
+        return None
+    return sum(a - r for a, r in pairs) / len(pairs)
 
 
 def pad_rows(rows: List[List[float]], n_tasks: int) -> List[List[Optional[float]]]:
