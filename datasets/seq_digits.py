@@ -5,23 +5,11 @@ import numpy as np
 import torch
 
 from datasets import register_dataset
-from datasets.utils.continual_dataset import ContinualDataset, Split
+from datasets.utils.continual_dataset import ContinualDataset, Split, stratified_split
 from datasets.utils.transforms import DeviceTransform
 
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0  # the train/test split is part of the benchmark, not of the run
-
-
-def stratified_split(labels: np.ndarray, test_fraction: float, seed: int):
-    """Indices of a fixed stratified split: the same fraction of every class goes to test."""
-    rng = np.random.RandomState(seed)
-    train, test = [], []
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        n_test = int(round(test_fraction * len(idx)))
-        test.append(idx[:n_test])
-        train.append(idx[n_test:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
 @register_dataset("seq-digits")

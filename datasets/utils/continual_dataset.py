@@ -1,9 +1,10 @@
-"""The base class of a sequential (class-incremental) benchmark."""
+"""The base class of a sequential benchmark (class-incremental, or domain-incremental with ``DOMAIN_IL``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 
 from datasets.utils.transforms import DeviceTransform
@@ -12,27 +13,35 @@ from utils.errors import DataError
 
 @dataclass
 class Split:
-    """Raw inputs (uint8 pixels, any leading shape N x ...) and int64 labels of one split."""
+    """Raw inputs (uint8 pixels, any leading shape N x ...) and int64 labels of one split, and the task of
+    each sample (int64) once the trainer has it on the device (``ContinualDataset.to_device``)."""
     x: torch.Tensor
     y: torch.Tensor
+    task: Optional[torch.Tensor] = None
 
     def __post_init__(self):
         if len(self.x) != len(self.y):
             raise ValueError(f"split has {len(self.x)} inputs but {len(self.y)} labels")
+        if self.task is not None and len(self.task) != len(self.y):
+            raise ValueError(f"split has {len(self.y)} labels but {len(self.task)} task numbers")
 
     def to(self, device) -> "Split":
-        return Split(self.x.to(device), self.y.to(device))
+        return Split(self.x.to(device), self.y.to(device), None if self.task is None else self.task.to(device))
+
+    def subset(self, indices: torch.Tensor) -> "Split":
+        return Split(self.x[indices], self.y[indices], None if self.task is None else self.task[indices])
 
 
 class ContinualDataset:
-    """A benchmark whose tasks are consecutive blocks of ``N_CLASSES_PER_TASK`` classes.
+    """A benchmark whose tasks are consecutive blocks of ``N_CLASSES_PER_TASK`` classes
+    (``DOMAIN_IL``: whose tasks all hold the same classes and differ in their inputs, see ``to_device``).
 
     Subclasses set the class attributes and implement ``read_splits`` returning
     the full train and test splits (on the CPU); ``load_splits`` (what the
     trainer calls) reads them and refuses labels outside the benchmark's classes
     and tasks without a training or test sample, so every benchmark gets those
-    checks.  The trainer moves the splits to the run's device and slices tasks by
-    label.  The protocol defaults (``N_EPOCHS``, ``BATCH_SIZE``) apply when the
+    checks.  The trainer moves the splits to the run's device with ``to_device``,
+    which gives every sample its task (by label here), and slices tasks by it.  The protocol defaults (``N_EPOCHS``, ``BATCH_SIZE``) apply when the
     command line does not set them.  ``rebuild_cache`` asks a benchmark that keeps
     a decoded cache of its files to decode them again (the others ignore it).
     """
@@ -48,6 +57,7 @@ class ContinualDataset:
     CPU_THREADS: Optional[int] = None  # torch threads for CPU runs; None keeps torch's default
     LR_MILESTONES: Tuple[int, ...] = ()  # per-task schedule: epochs after which the lr is multiplied by LR_GAMMA
     LR_GAMMA: float = 0.1
+    DOMAIN_IL: bool = False  # tasks are domains over one set of classes: no masking, Task-IL undefined
 
     def __init__(self, data_path: str, rebuild_cache: bool = False):
         self.data_path = data_path
@@ -55,7 +65,7 @@ class ContinualDataset:
 
     @property
     def num_classes(self) -> int:
-        return self.N_TASKS * self.N_CLASSES_PER_TASK
+        return self.N_CLASSES_PER_TASK if self.DOMAIN_IL else self.N_TASKS * self.N_CLASSES_PER_TASK
 
     def read_splits(self) -> Tuple[Split, Split]:
         """The full train and test splits as the benchmark's files hold them."""
@@ -76,6 +86,10 @@ class ContinualDataset:
             bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
             raise DataError(f"{where}: the {name} split holds label {bad}, outside the benchmark's "
                             f"classes 0..{self.num_classes - 1}")
+        if self.DOMAIN_IL:  # every task is the whole split, transformed (``to_device``)
+            if not len(labels):
+                raise DataError(f"{where}: the {name} split is empty; every task of {self.N_TASKS} is made from it")
+            return
         per_task = torch.bincount(labels // self.N_CLASSES_PER_TASK, minlength=self.N_TASKS)
         empty = [t for t in range(self.N_TASKS) if per_task[t] == 0]
         if empty:
@@ -90,5 +104,56 @@ class ContinualDataset:
         return f"class {first}" if first == last else f"classes {first}-{last}"
 
     def task_of_class(self) -> torch.Tensor:
-        """The class-to-task table used for masking and Task-IL evaluation."""
+        """The class-to-task table used for masking and Task-IL evaluation (all zeros for ``DOMAIN_IL``,
+        where it does not apply: a sample's task is its domain, ``Split.task``)."""
         return torch.arange(self.num_classes) // self.N_CLASSES_PER_TASK
+
+    def to_device(self, split: Split, device) -> Split:
+        """``split`` on ``device``, each sample's task set from its label (what a domain benchmark overrides)."""
+        split = split.to(device)
+        return Split(split.x, split.y, self.task_of_class().to(device)[split.y])
+
+
+def class_permutation(n_classes: int, order_seed: int) -> Optional[torch.Tensor]:
+    """``--class_order``: ``perm[l]`` is the original class that gets label ``l`` (``None`` for 0: natural order).
+
+    Drawn by NumPy's legacy generator (its streams never change between
+    versions) seeded from ``order_seed`` alone, not from ``--seed``."""
+    if not order_seed:
+        return None
+    from utils.seeding import derive_seed
+    rng = np.random.RandomState(derive_seed(order_seed, "class-order") % 2 ** 32)
+    return torch.from_numpy(rng.permutation(n_classes))
+
+
+def relabel(split: Split, perm: torch.Tensor) -> Split:
+    """``split`` with original class ``perm[l]`` renamed ``l``: tasks are then cut from the permuted classes."""
+    new_label = torch.empty_like(perm)
+    new_label[perm] = torch.arange(len(perm))
+    return Split(split.x, new_label[split.y], split.task)
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int):
+    """Indices of a fixed stratified split: the same fraction of every class goes to test."""
+    rng = np.random.RandomState(seed)
+    train, test = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_test = int(round(test_fraction * len(idx)))
+        test.append(idx[:n_test])
+        train.append(idx[n_test:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def stratified_holdout(groups: torch.Tensor, percent: float, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``--validation``: (kept, held-out) sample indices, ascending; ``round(percent / 100 * n)`` of each
+    group's ``n`` samples are held out, drawn by a generator derived from ``seed``."""
+    from utils.seeding import derive_seed
+    kept, held = stratified_split(groups.cpu().numpy(), percent / 100, derive_seed(seed, "validation") % 2 ** 32)
+    return torch.from_numpy(kept), torch.from_numpy(held)
+
+
+def first_per_task(task: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices of the first ``n`` samples of every task, ascending (``--debug_mode``'s evaluation subset)."""
+    picked = [torch.nonzero(task == t).flatten()[:n] for t in torch.unique(task).tolist()]
+    return torch.sort(torch.cat(picked)).values
