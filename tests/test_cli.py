@@ -1,6 +1,7 @@
+import os
+import re
 import subprocess
 import sys
-import os
 
 import pytest
 
@@ -28,8 +29,8 @@ def error_of(capsys, *flags):
     (["--dataset", "seq-digits", "--model", "derpp", "--buffer_size", "10", "--lr", "0.1"], "needs --alpha, --beta"),
     (["--dataset", "seq-digits", "--model", "er", "--buffer_size", "123", "--load_best_args"],
      "no best arguments for buffer size 123"),
-    (["--dataset", "seq-digits", "--model", "der", "--buffer_size", "200", "--load_best_args"],
-     "no best arguments for model 'der'"),
+    (["--dataset", "perm-mnist", "--model", "er", "--buffer_size", "200", "--load_best_args"],
+     "no best arguments for model 'er' on perm-mnist"),
     (["--dataset", "seq-digits", "--model", "orthermr", "--buffer_size", "10", "--lr", "1", "--classifier", "fc"],
      "implies --classifier fno"),
     (["--dataset", "seq-digits", "--model", "sgd", "--lr", "-1"], "positive"),
@@ -87,6 +88,23 @@ def test_help_lists_the_choices():
     text = build_parser().format_help()
     for name in ("seq-digits", "seq-mnist", "er", "derpp", "der", "sgd", "joint", "orthermr", "fno", "mlp"):
         assert name in text
+
+
+def test_help_shows_the_values_of_every_flag():
+    parser = build_parser()
+    for action in parser._actions:
+        if not action.option_strings or action.nargs == 0:
+            continue
+        assert action.metavar or action.choices, f"{action.option_strings[0]} shows no values in --help"
+        assert action.metavar != action.dest.upper()
+    usage = " ".join(parser.format_usage().split())
+    assert "--masked_softmax {0,1}" in usage and "--nowand {0,1}" in usage and "--alpha FLOAT" in usage
+    assert not re.search(r"--(\w+) \1", usage.lower().replace("_", "")), usage  # argparse's default: the name
+
+
+def test_help_says_the_default_head_differs_from_the_demo():
+    text = " ".join(build_parser().format_help().split())
+    assert "--classifier fc --masked_softmax 0" in text and "--classifier fno --masked_softmax 1" in text
 
 
 def test_default_command_is_masked_fno_er_on_digits(make_args):

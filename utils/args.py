@@ -5,6 +5,11 @@ can be told apart.  Values are then resolved in this order: the command line,
 the model alias (``orthermr`` fixes ``--classifier fno --masked_softmax 1``),
 ``--load_best_args``, the dataset's protocol (epochs, batch size, backbone),
 and finally the defaults below.
+
+Without ``--results_file`` or ``--results_dir`` the results go to
+``results/<dataset>/<name>.json`` under the current directory, the name made
+from the flags given as the grid runner makes it (``utils.flags.results_name``);
+``--results_file none`` writes no file.
 """
 from __future__ import annotations
 
@@ -17,8 +22,7 @@ from backbone.heads import get_head_class, head_names
 from datasets import dataset_names, get_dataset_class
 from models import get_model_class, model_aliases, model_names
 from utils.best_args import best_args
-from utils.cli import (OneLineParser, binary, non_negative, non_negative_int, positive, resolve_device,
-                       seed, switch)
+from utils.cli import OneLineParser, binary, bounded, non_negative_int, positive, resolve_device, seed, switch
 from utils.flags import results_name
 
 # `python main.py` with no arguments: masked-FNO ER on the embedded digits benchmark.
@@ -30,7 +34,11 @@ DEFAULTS = {
     "load_best_args": False, "nowand": 0, "amp": "none", "channels_last": 0, "compile": 0,
     "collapse_metrics": 0, "results_file": None, "results_dir": None, "rebuild_cache": 0,
     "wandb_project": None, "wandb_entity": None, "wandb_name": None, "checkpoint_dir": None, "resume": False,
+    "validation": 0, "class_order": 0, "eval_every": 0, "debug_mode": 0, "max_steps_per_task": None, "n_tasks": None,
 }
+RESULTS_ROOT = "results"  # the default results folder, relative to the current directory
+NO_RESULTS = "none"       # --results_file none: write no results file
+DEBUG_STEPS = 5           # --debug_mode 1: optimizer steps per task unless --max_steps_per_task says otherwise
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -47,12 +55,28 @@ def _compile_mode(text: str):
     return text
 
 
+def type_metavar(parse) -> str:
+    """How a flag type's values look in --help when its owner gave no metavar: {0,1}, INT or FLOAT."""
+    if parse is binary:
+        return "{0,1}"
+    for text, name in (("0.5", "FLOAT"), ("1.5", "FLOAT"), ("1", "INT")):
+        try:
+            parse(text)
+            return name
+        except Exception:
+            pass
+    return "VALUE"
+
+
 def build_parser() -> OneLineParser:
     aliases = model_aliases()
     p = OneLineParser(prog="main.py", description="Continual learning with FC or FNO classifiers. "
-                      "Run with no arguments for a quick demo: " + " ".join(DEFAULT_ARGV),
+                      "Run with no arguments for a quick demo: " + " ".join(DEFAULT_ARGV) + ". Mind the "
+                      "defaults: the head is the learnable FC, unmasked (--classifier fc --masked_softmax 0), "
+                      "while the demo runs the masked FNO head (--classifier fno --masked_softmax 1).",
                       argument_default=None)
-    g = p.add_argument_group("experiment")
+    g = p.add_argument_group("experiment", "defaults: --classifier fc --masked_softmax 0 (FC head, unmasked); "
+                             "the demo (no arguments) is masked FNO: --classifier fno --masked_softmax 1")
     g.add_argument("--dataset", choices=dataset_names(), help="benchmark (required)")
     g.add_argument("--model", choices=model_names() + sorted(aliases),
                    help="method (required); aliases: " + ", ".join(
@@ -65,47 +89,71 @@ def build_parser() -> OneLineParser:
                    help="1: the authors' masked methods (stream logits masked to the sample's task; ER/DER++ with "
                         "separate stream and replay passes, DER++ storing post-step logits); 0 (default): Mammoth's "
                         "ER (one forward pass over stream + replay) and DER++ (pre-step logits)")
-    g.add_argument("--buffer_size", type=non_negative_int, help="replay buffer size (required by rehearsal methods)")
+    g.add_argument("--buffer_size", type=non_negative_int, metavar="INT>=0",
+                   help="replay buffer size (required by rehearsal methods)")
     g.add_argument("--load_best_args", type=switch, nargs="?", const=True, metavar="{0,1}",
                    help="use the paper's hyper-parameters for dataset/model/buffer; flags given explicitly win "
                         "(unlike the authors' code, where the table silently overrides them)")
     h = p.add_argument_group("hyper-parameters")
-    h.add_argument("--lr", type=positive(float), help="learning rate")
-    h.add_argument("--minibatch_size", type=positive(int), help="replay batch size (default: --batch_size)")
-    h.add_argument("--batch_size", type=positive(int), help="stream batch size (default: the dataset's)")
-    h.add_argument("--n_epochs", type=positive(int), help="epochs per task (default: the dataset's)")
+    h.add_argument("--lr", type=positive(float), metavar="FLOAT>0", help="learning rate")
+    h.add_argument("--minibatch_size", type=positive(int), metavar="INT>0",
+                   help="replay batch size (default: --batch_size)")
+    h.add_argument("--batch_size", type=positive(int), metavar="INT>0", help="stream batch size (default: the dataset's)")
+    h.add_argument("--n_epochs", type=positive(int), metavar="INT>0", help="epochs per task (default: the dataset's)")
+    v = p.add_argument_group("protocol")
+    v.add_argument("--validation", type=bounded(float, 0, 99), metavar="PCT",
+                   help="hold out PCT percent (0-99) of each task's training data, stratified by class and drawn "
+                        "from --seed, and report accuracies on it too (results: 'validation'); the headline "
+                        "numbers stay on the test split (default 0: none held out)")
+    v.add_argument("--class_order", type=seed, metavar="SEED",
+                   help="permute the classes with this seed before they are cut into tasks (masking, the FNO "
+                        "partition and Task-IL follow the permuted tasks; results: 'class_order'); 0 (default): "
+                        "the natural order")
+    v.add_argument("--eval_every", type=non_negative_int, metavar="K",
+                   help="also evaluate every K optimizer steps within a task (anytime accuracy, results: "
+                        "'anytime'); 0 (default): only after each task")
+    v.add_argument("--debug_mode", type=binary, metavar="{0,1}",
+                   help=f"1: a smoke test, {DEBUG_STEPS} steps per task (unless --max_steps_per_task) and "
+                        "evaluation on the first 100 samples of each task; the results say \"partial\": true")
+    v.add_argument("--max_steps_per_task", type=positive(int), metavar="N",
+                   help="stop each task after N optimizer steps (a partial run)")
+    v.add_argument("--n_tasks", type=positive(int), metavar="N",
+                   help="stop after the first N tasks (a partial run when fewer than the benchmark's)")
     r = p.add_argument_group("run")
-    r.add_argument("--seed", type=seed, help="seed of every random stream (default 0)")
-    r.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    r.add_argument("--data_path", help="where datasets live / are downloaded (default ./data)")
-    r.add_argument("--results_file", help="write the results here as JSON (atomically)")
-    r.add_argument("--results_dir", help="write the results as JSON into this directory, the file named from "
-                   "the flags given (as the grid runner names it; for wandb sweep agents)")
+    r.add_argument("--seed", type=seed, metavar="INT", help="seed of every random stream (default 0)")
+    r.add_argument("--device", metavar="{cpu,cuda,cuda:N}", help="default: cuda when available")
+    r.add_argument("--data_path", metavar="DIR", help="where datasets live / are downloaded (default ./data)")
+    r.add_argument("--results_file", metavar="{PATH,none}",
+                   help=f"write the results here as JSON (atomically); default {RESULTS_ROOT}/<dataset>/<name>.json "
+                        "under the current directory, the name made from the flags given; none: no file")
+    r.add_argument("--results_dir", metavar="DIR", help="write the results as JSON into this directory, the file "
+                   "named from the flags given (as the grid runner names it; for wandb sweep agents)")
     r.add_argument("--rebuild_cache", type=binary, metavar="{0,1}",
                    help="1: decode the dataset's files again and rewrite its decoded cache (seq-tinyimg), e.g. "
                         "after replacing data files by hand")
-    r.add_argument("--checkpoint_dir", help="save a checkpoint here after every task (atomically)")
-    r.add_argument("--resume", type=switch, nargs="?", const=True,
+    r.add_argument("--checkpoint_dir", metavar="DIR", help="save a checkpoint here after every task (atomically)")
+    r.add_argument("--resume", type=switch, nargs="?", const=True, metavar="{0,1}",
                    help="continue from the last task saved in --checkpoint_dir (a fresh start when there is none)")
     w = p.add_argument_group("wandb (on when a project is given, by flag or WANDB_PROJECT)")
-    w.add_argument("--nowand", type=binary, help="1 disables wandb logging")
-    w.add_argument("--wandb_project", help="wandb project (default: $WANDB_PROJECT; none: no logging)")
-    w.add_argument("--wandb_entity", help="wandb entity (user or team)")
-    w.add_argument("--wandb_name", help="wandb run name (default: wandb's)")
-    r.add_argument("--collapse_metrics", type=binary, help="1 computes neural-collapse metrics after each task")
+    w.add_argument("--nowand", type=binary, metavar="{0,1}", help="1 disables wandb logging")
+    w.add_argument("--wandb_project", metavar="NAME", help="wandb project (default: $WANDB_PROJECT; none: no logging)")
+    w.add_argument("--wandb_entity", metavar="NAME", help="wandb entity (user or team)")
+    w.add_argument("--wandb_name", metavar="NAME", help="wandb run name (default: wandb's)")
+    r.add_argument("--collapse_metrics", type=binary, metavar="{0,1}",
+                   help="1 computes neural-collapse metrics after each task")
     s = p.add_argument_group("speed")
     s.add_argument("--amp", choices=("none", "bf16"), help="autocast precision (default none)")
-    s.add_argument("--channels_last", type=binary, help="channels-last memory format for conv nets (0|1)")
-    s.add_argument("--compile", type=_compile_mode,
-                   help="torch.compile the network: 0, 1 (default mode) or a mode name, e.g. reduce-overhead "
-                        "(CUDA graphs on CUDA)")
-    s.add_argument("--num_threads", type=positive(int, high=os.cpu_count() or 1),
+    s.add_argument("--channels_last", type=binary, metavar="{0,1}", help="channels-last memory format for conv nets")
+    s.add_argument("--compile", type=_compile_mode, metavar="{" + ",".join(("0", "1") + COMPILE_MODES) + "}",
+                   help="torch.compile the network: 0 (default), 1 (default mode) or a mode name, e.g. "
+                        "reduce-overhead (CUDA graphs on CUDA)")
+    s.add_argument("--num_threads", type=positive(int, high=os.cpu_count() or 1), metavar=f"1..{os.cpu_count() or 1}",
                    help="CPU threads for torch (default: the dataset's choice, else torch's)")
     for owners, flags in owned_flags().items():
         group = p.add_argument_group(f"flags of {', '.join(owners)}")
         for name, flag in flags.items():
             default = "" if flag.default is None else f" (default {flag.default})"
-            group.add_argument(f"--{name}", type=flag.type, metavar=flag.metavar,
+            group.add_argument(f"--{name}", type=flag.type, metavar=flag.metavar or type_metavar(flag.type),
                                help=flag.help + (" (required)" if flag.required else default))
     return p
 
@@ -196,8 +244,42 @@ def resolve(ns: argparse.Namespace) -> argparse.Namespace:
     values["device"] = str(resolve_device(values.get("device")))
     if values["resume"] and not values["checkpoint_dir"]:
         raise ValueError("--resume needs --checkpoint_dir (the directory holding the checkpoint)")
-    if values["results_dir"] is not None:
-        if "results_file" in explicit:
-            raise ValueError("give either --results_file or --results_dir, not both")
-        values["results_file"] = os.path.join(values["results_dir"], results_name(explicit) + ".json")
+    check_protocol(values, dataset_cls, model_cls, explicit["model"])
+    if values["debug_mode"] and values["max_steps_per_task"] is None:
+        values["max_steps_per_task"] = DEBUG_STEPS
+    values["results_file"] = results_file(values, explicit)
     return argparse.Namespace(**values)
+
+
+def check_protocol(values: dict, dataset_cls, model_cls, model_name: str) -> None:
+    """Refuse what a benchmark's protocol does not define (one line each)."""
+    dataset = values["dataset"]
+    if values["n_tasks"] is not None:
+        if values["n_tasks"] > dataset_cls.N_TASKS:
+            raise ValueError(f"--n_tasks {values['n_tasks']}: {dataset} has {dataset_cls.N_TASKS} tasks")
+        if model_cls.JOINT:
+            raise ValueError(f"--n_tasks: --model {model_name} trains every task at once, in one stage")
+    if dataset_cls.DOMAIN_IL:
+        domain = (f"{dataset} is domain-incremental (every task holds all {dataset_cls.N_CLASSES_PER_TASK} classes, "
+                  f"the tasks differ in their inputs)")
+        if values["masked_softmax"]:
+            implied = f" (implied by --model {model_name})" if model_name != values["model"] else ""
+            raise ValueError(f"--masked_softmax 1{implied} masks the stream logits to the sample's task's classes, "
+                             f"but {domain}: use --masked_softmax 0")
+        if values["class_order"]:
+            raise ValueError(f"--class_order permutes the classes that are cut into tasks, but {domain}")
+        if values["collapse_metrics"]:
+            raise ValueError(f"--collapse_metrics selects the seen tasks' training data by class, but {domain}")
+
+
+def results_file(values: dict, explicit: dict):
+    """Where the results go: --results_file (``none``: nowhere), --results_dir/<name>.json, or by default
+    results/<dataset>/<name>.json under the current directory."""
+    given = explicit.get("results_file")
+    if values["results_dir"] is not None:
+        if given is not None:
+            raise ValueError("give either --results_file or --results_dir, not both")
+        return os.path.join(values["results_dir"], results_name(explicit) + ".json")
+    if given is not None:
+        return None if given.lower() == NO_RESULTS else given
+    return os.path.join(RESULTS_ROOT, values["dataset"], results_name(explicit) + ".json")

@@ -4,29 +4,35 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import torch
 
 from backbone import get_backbone_class
 from backbone.heads import Network, make_head
 from datasets import get_dataset_class
-from datasets.utils.continual_dataset import ContinualDataset, Split
+from datasets.utils.continual_dataset import (ContinualDataset, Split, class_permutation, first_per_task, relabel,
+                                              stratified_holdout)
 from datasets.utils.transforms import DeviceTransform
 from models import get_model_class
 from models.continual_model import ContinualModel, Setting
 from utils.buffer import check_buffer_fits
-from utils.callbacks import standard_callbacks
+from utils.callbacks import reporting_run_end, standard_callbacks
 from utils.checkpoint import load_checkpoint, restore_run
+from utils.errors import UserError
 from utils.guards import check_finite_loss
 from utils.losses import mask_other_tasks
-from utils.metrics import backward_transfer, final_average, forgetting, pad_rows
+from utils.metrics import (average_incremental, backward_transfer, final_average, forgetting, forward_transfer,
+                           pad_rows)
 from utils.progress import ProgressBar
+from utils.protocol_callbacks import AnytimeAccuracy, ProtocolWandb
+from utils.provenance import provenance, start_time
 from utils.seeding import make_generator, seed_everything
 from utils.wandb_logger import WandbLogger
 
 EVAL_BATCH = 1024  # at most this many test images per forward pass (small inputs: MNIST, digits)
 EVAL_PIXELS = 2 ** 18  # and at most this many pixels per batch: 256 images at 32x32, 64 at 64x64
+DEBUG_EVAL_PER_TASK = 100  # --debug_mode: the test (and validation) samples kept per task
 
 
 def eval_batch_size(input_shape) -> int:
@@ -37,7 +43,8 @@ def eval_batch_size(input_shape) -> int:
 
 @dataclass
 class Run:
-    """Everything a run works on, built by ``build_run``."""
+    """Everything a run works on, built by ``build_run``.  Every split holds each sample's task
+    (``Split.task``): its label's task, or its domain on a domain-incremental benchmark."""
     args: object
     dataset: ContinualDataset
     model: ContinualModel
@@ -48,6 +55,8 @@ class Run:
     augment_generator: torch.Generator
     transform: DeviceTransform  # the dataset's, with its constants on the run's device
     min_batch: int = 1         # smallest training batch the network accepts (2 with batch norm)
+    validation: Optional[Split] = None  # --validation: held out of ``train``
+    class_order: Optional[list] = None  # --class_order: label l is original class class_order[l]
 
 
 def build_network(args, dataset: ContinualDataset) -> Network:
@@ -61,6 +70,30 @@ def build_network(args, dataset: ContinualDataset) -> Network:
     return Network(backbone, head)
 
 
+def prepare_splits(args, dataset: ContinualDataset, device: torch.device) -> tuple:
+    """(train, validation or None, test, class permutation or None) on ``device``, every sample with its task.
+
+    ``--class_order`` renames the classes before the tasks are cut (task t then
+    holds the original classes ``perm[tC:(t+1)C]``); ``--validation`` holds out a
+    share of every (task, class) of the training split, drawn from ``--seed``;
+    ``--debug_mode`` keeps the first ``DEBUG_EVAL_PER_TASK`` evaluation samples of each task.
+    """
+    train, test = dataset.load_splits()
+    perm = class_permutation(dataset.num_classes, args.class_order)
+    if perm is not None:
+        train, test = relabel(train, perm), relabel(test, perm)
+    train, test = dataset.to_device(train, device), dataset.to_device(test, device)
+    validation = None
+    if args.validation:
+        kept, held = stratified_holdout(train.task * dataset.num_classes + train.y, args.validation, args.seed)
+        train, validation = train.subset(kept.to(device)), train.subset(held.to(device))
+    if args.debug_mode:
+        test = test.subset(first_per_task(test.task, DEBUG_EVAL_PER_TASK))
+        if validation is not None:
+            validation = validation.subset(first_per_task(validation.task, DEBUG_EVAL_PER_TASK))
+    return train, validation, test, perm
+
+
 def build_run(args, dataset: ContinualDataset | None = None) -> Run:
     """Build a run; ``dataset`` replaces the one named by ``args.dataset`` (the benchmarks pass synthetic data)."""
     device = torch.device(args.device)
@@ -71,7 +104,7 @@ def build_run(args, dataset: ContinualDataset | None = None) -> Run:
         dataset = get_dataset_class(args.dataset)(args.data_path, rebuild_cache=bool(args.rebuild_cache))
     # Normalisation constants on the device once: a per-batch host-to-device copy would synchronise.
     transform = dataset.TRANSFORM.to(device)
-    train, test = (s.to(device) for s in dataset.load_splits())
+    train, validation, test, perm = prepare_splits(args, dataset, device)
     if getattr(args, "buffer_size", 0):
         # inputs as stored, an int64 label and float32 logits over every class (the most a method stores)
         entry = train.x[0].numel() * train.x.element_size() + 8 + 4 * dataset.num_classes
@@ -91,35 +124,39 @@ def build_run(args, dataset: ContinualDataset | None = None) -> Run:
     has_batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
     return Run(args, dataset, model, train, test, task_of_class,
                make_generator(args.seed, "data-order", device), augment_generator, transform,
-               min_batch=2 if has_batch_norm else 1)
+               min_batch=2 if has_batch_norm else 1, validation=validation,
+               class_order=None if perm is None else perm.tolist())
 
 
 @torch.no_grad()
-def evaluate(run: Run, n_seen_tasks: int):
-    """Class-IL and Task-IL accuracy (percent) on the test set of each of the first ``n_seen_tasks`` tasks.
+def evaluate(run: Run, n_seen_tasks: int, split: Optional[Split] = None, first_task: int = 0):
+    """Class-IL and Task-IL accuracy (percent) on each of the tasks ``first_task .. n_seen_tasks - 1`` of
+    ``split`` (default: the test split).
 
     Class-IL takes the argmax over all classes of the benchmark (the authors'
-    protocol); Task-IL takes it over the sample's own task's classes only.
+    protocol); Task-IL takes it over the sample's own task's classes only, and is
+    ``None`` on a domain-incremental benchmark, where every task holds every class.
     """
-    model, test, dataset = run.model, run.test, run.dataset
+    model, split, dataset = run.model, run.test if split is None else split, run.dataset
     was_training = model.training
     model.eval()
-    n_tasks = n_seen_tasks
-    test_task = run.task_of_class[test.y]
-    seen = torch.nonzero(test_task < n_tasks).flatten()  # unseen tasks' samples are not evaluated at all
-    hits_cil = torch.zeros(n_tasks, device=test.y.device)
-    hits_til = torch.zeros(n_tasks, device=test.y.device)
-    counts = torch.bincount(test_task[seen], minlength=n_tasks).float()
-    for idx in seen.split(eval_batch_size(dataset.INPUT_SHAPE)):
-        x, y, t = test.x[idx], test.y[idx], test_task[idx]
+    n_tasks = n_seen_tasks - first_task
+    task_il = not dataset.DOMAIN_IL
+    chosen = torch.nonzero((split.task >= first_task) & (split.task < n_seen_tasks)).flatten()  # no other task's
+    hits_cil = torch.zeros(n_tasks, device=split.y.device)
+    hits_til = torch.zeros(n_tasks, device=split.y.device)
+    counts = torch.bincount(split.task[chosen] - first_task, minlength=n_tasks).float()
+    for idx in chosen.split(eval_batch_size(dataset.INPUT_SHAPE)):
+        x, y, t = split.x[idx], split.y[idx], split.task[idx] - first_task
         with model.autocast():
             logits = model(run.transform.test(x)).float()
         cil = logits.argmax(1) == y
-        til = mask_other_tasks(logits, y, run.task_of_class).argmax(1) == y
         hits_cil += torch.bincount(t, weights=cil.float(), minlength=n_tasks)
-        hits_til += torch.bincount(t, weights=til.float(), minlength=n_tasks)
+        if task_il:
+            til = mask_other_tasks(logits, y, run.task_of_class).argmax(1) == y
+            hits_til += torch.bincount(t, weights=til.float(), minlength=n_tasks)
     model.train(was_training)
-    return (100 * hits_cil / counts).tolist(), (100 * hits_til / counts).tolist()
+    return (100 * hits_cil / counts).tolist(), (100 * hits_til / counts).tolist() if task_il else None
 
 
 @dataclass
@@ -155,8 +192,7 @@ def task_data(run: Run, task: int, indices: torch.Tensor) -> TaskData:
 
 def stages(run: Run) -> List[TaskData]:
     """The training data of each stage: one per task, or a single one (every task) for JOINT models."""
-    train_task = run.task_of_class[run.train.y]
-    per_task = [torch.nonzero(train_task == t).flatten() for t in range(run.dataset.N_TASKS)]
+    per_task = [torch.nonzero(run.train.task == t).flatten() for t in range(run.dataset.N_TASKS)]
     if run.model.JOINT:
         return [task_data(run, run.dataset.N_TASKS - 1, torch.cat(per_task))]
     return [task_data(run, t, idx) for t, idx in enumerate(per_task)]
@@ -176,37 +212,52 @@ def epoch_batches(order: torch.Tensor, batch_size: int, min_batch: int = 1) -> l
     return batches
 
 
+def steps_per_epoch(run: Run, data: TaskData) -> int:
+    return len(epoch_batches(torch.arange(len(data)), run.args.batch_size, run.min_batch))
+
+
 def train_stage(run: Run, data: TaskData, callbacks=(), first_step: int = 0) -> tuple:
     """A fresh optimizer and scheduler (the method builds both), ``begin_task``, the epochs of
-    ``observe``, a check that the loss is still finite, ``end_task``.
+    ``observe`` (at most ``--max_steps_per_task`` steps), a check that the loss is still finite, ``end_task``.
 
     Returns the last batch's loss (a float) and the number of optimizer steps taken."""
     args, model, train, task = run.args, run.model, run.train, data.task
     model.train()
     model.prepare_task(task)
     model.begin_task(task, data)
-    positions = torch.arange(len(data), device=data.y.device)
-    per_epoch = len(epoch_batches(positions, args.batch_size, run.min_batch))
-    total = per_epoch * args.n_epochs
+    total = steps_per_epoch(run, data) * args.n_epochs
+    if args.max_steps_per_task is not None:
+        total = min(total, args.max_steps_per_task)
     loss = torch.zeros(())
+    step = 0
     for epoch in range(args.n_epochs):
         order = data.indices[torch.randperm(len(data), device=data.y.device, generator=run.data_generator)]
-        for step, batch in enumerate(epoch_batches(order, args.batch_size, run.min_batch)):
+        for batch in epoch_batches(order, args.batch_size, run.min_batch)[:total - step]:
             raw, labels = train.x[batch], train.y[batch]
             loss = model.observe(run.transform.train(raw, run.augment_generator), labels, raw)
+            step += 1
             for callback in callbacks:
-                callback.on_step(run, task, epoch * per_epoch + step + 1, total, loss)
+                callback.on_step(run, task, step, total, loss)
         model.end_epoch()
+        if step == total:
+            break
     last = float(loss)
     check_finite_loss(last, f"task {task + 1} (steps {first_step + 1}-{first_step + total})", args.lr)
     model.end_task(task, data)
     return last, total
 
 
-def new_history() -> dict:
-    """Everything per task that the results are made of; a checkpoint stores it as it is."""
+def new_history(run: Run) -> dict:
+    """Everything per task that the results are made of; a checkpoint stores it as it is.
+
+    ``rows_*``: accuracies on the tasks seen so far after each stage (test split;
+    ``val_rows_*`` on the validation split); ``next_*``: after each stage but the
+    last, the accuracy on the next task and ``random_init_*`` on every task before
+    training (forward transfer); ``anytime``: ``--eval_every``'s evaluations."""
     return {"stages_done": 0, "rows_cil": [], "rows_til": [], "collapse": [], "n_steps": 0,
-            "train_time_s": 0.0, "wall_time_s": 0.0}
+            "train_time_s": 0.0, "wall_time_s": 0.0, "start_time": start_time(), "class_order": run.class_order,
+            "val_rows_cil": [], "val_rows_til": [], "next_cil": [], "next_til": [],
+            "random_init_cil": None, "random_init_til": None, "anytime": []}
 
 
 def resume(run: Run, log) -> tuple:
@@ -216,76 +267,147 @@ def resume(run: Run, log) -> tuple:
     if saved is None:
         if args.resume:
             log(f"No checkpoint in {args.checkpoint_dir} yet: starting from the first task")
-        return new_history(), None
+        return new_history(run), None
     restore_run(run, saved)
-    log(f"Resuming from {args.checkpoint_dir}: {saved['history']['stages_done']} task(s) already done")
-    return saved["history"], saved["logger"]
+    history = {**new_history(run), **saved["history"]}  # a checkpoint written before a field existed lacks it
+    if history["class_order"] != run.class_order:
+        raise UserError(f"--resume: the checkpoint in {args.checkpoint_dir} was trained with the class order "
+                        f"{history['class_order']}, this run draws {run.class_order} for --class_order "
+                        f"{args.class_order}; resume with the program version that started it")
+    log(f"Resuming from {args.checkpoint_dir}: {history['stages_done']} task(s) already done")
+    return history, saved["logger"]
+
+
+def mean(row: Optional[list]) -> Optional[float]:
+    return None if row is None else sum(row) / len(row)
+
+
+def task_line(run: Run, task: int, history: dict, last_loss: float) -> str:
+    """The log line of a finished task: mean accuracies on the seen tasks, the loss, Class-IL per task."""
+    cil, til = history["rows_cil"][-1], history["rows_til"][-1]
+    text = f"Task {task + 1}/{run.dataset.N_TASKS}  Class-IL {mean(cil):6.2f}  "
+    text += "" if run.dataset.DOMAIN_IL else f"Task-IL {mean(til):6.2f}  "
+    if run.validation is not None:
+        text += f"validation Class-IL {mean(history['val_rows_cil'][-1]):6.2f}  "
+    return text + f"loss {last_loss:.4f}  per task (Class-IL): {' '.join(f'{a:.1f}' for a in cil)}"
 
 
 def run_experiment(args, progress: ProgressBar | None = None, log=print, callbacks=()) -> dict:
     """Train and evaluate one run; return the results dictionary (see README for the fields).
 
-    The protocol: every stage (task) in order, trained and then evaluated on
-    the tasks seen so far; the callbacks (progress, collapse metrics, wandb,
-    checkpoints, then ``callbacks``) do everything else.  With
-    ``--checkpoint_dir`` the run continues from its last saved task.  On
-    KeyboardInterrupt (SIGINT, or SIGTERM as ``main`` maps it) the run stops at
-    once; the checkpoint keeps every completed task.
+    The protocol: every stage (task) in order - the first ``--n_tasks`` - trained
+    and then evaluated on the tasks seen so far (test split, and validation split
+    with ``--validation``); the callbacks (protocol metrics to wandb, progress,
+    collapse metrics, wandb, checkpoints, ``--eval_every``, then ``callbacks``) do
+    everything else.  For forward transfer the network is also evaluated once
+    before training on every task it will learn, and after each task but the last
+    on the next task only.  With ``--checkpoint_dir`` the run continues from its
+    last saved task.  On KeyboardInterrupt (SIGINT, or SIGTERM as ``main`` maps
+    it) the run stops at once; the checkpoint keeps every completed task.
     """
     start = time.perf_counter()
+    origin = provenance()
     run = build_run(args)
     history, logger_state = resume(run, log)
     elapsed_before = history["wall_time_s"]
-    hooks = standard_callbacks(args, progress or ProgressBar(), log, WandbLogger(args, logger_state),
-                               history["stages_done"]) + list(callbacks)
-    results, exit_code = None, 1
-    try:
-        for stage, data in enumerate(stages(run)):
+    bar = progress or ProgressBar()
+    logger = WandbLogger(args, logger_state)
+    hooks = ([ProtocolWandb(logger)] + standard_callbacks(args, bar, log, logger, history["stages_done"])
+             + ([AnytimeAccuracy(args.eval_every, evaluate, history, logger)] if args.eval_every else [])
+             + list(callbacks))
+    plan = stages(run)[:args.n_tasks]
+    transfer = len(plan) > 1  # forward transfer needs a next task (JOINT has one stage)
+    with reporting_run_end(run, hooks) as outcome:
+        if transfer and history["stages_done"] == 0:
+            history["random_init_cil"], history["random_init_til"] = evaluate(run, len(plan))
+        for stage, data in enumerate(plan):
             if stage < history["stages_done"]:
                 continue
             tic = time.perf_counter()
+            bar.start(steps_per_epoch(run, data), args.n_epochs)
             last_loss, steps = train_stage(run, data, hooks, history["n_steps"])
             history["train_time_s"] += time.perf_counter() - tic
             history["n_steps"] += steps
             cil, til = evaluate(run, data.task + 1)
             history["rows_cil"].append(cil)
-            history["rows_til"].append(til)
+            history["rows_til"].append(cil if til is None else til)  # domain-IL: no Task-IL (results say null)
+            if run.validation is not None:
+                cil, til = evaluate(run, data.task + 1, run.validation)
+                history["val_rows_cil"].append(cil)
+                history["val_rows_til"].append(cil if til is None else til)
+            if transfer and stage + 1 < len(plan):
+                cil, til = evaluate(run, data.task + 2, first_task=data.task + 1)
+                history["next_cil"].append(cil[0])
+                history["next_til"].append(None if til is None else til[0])
             history["stages_done"] = stage + 1
             history["wall_time_s"] = elapsed_before + time.perf_counter() - start
-            log(f"Task {data.task + 1}/{run.dataset.N_TASKS}  Class-IL {sum(cil) / len(cil):6.2f}  Task-IL "
-                f"{sum(til) / len(til):6.2f}  loss {last_loss:.4f}  per task (Class-IL): {' '.join(f'{a:.1f}' for a in cil)}")
+            log(task_line(run, data.task, history, last_loss))
             for hook in hooks:
                 hook.on_task_end(run, data.task, history)
-        results = make_results(run, history, elapsed_before + time.perf_counter() - start)
-        exit_code = 0
-    except KeyboardInterrupt:
-        exit_code = 130
-        raise
-    finally:
-        for hook in hooks:
-            hook.on_run_end(run, results, exit_code)
-    return results
+        outcome.results = make_results(run, history, elapsed_before + time.perf_counter() - start, origin)
+    return outcome.results
 
 
-def make_results(run: Run, history: dict, wall_time_s: float) -> dict:
-    args, n_tasks = run.args, run.dataset.N_TASKS
-    m_cil, m_til = pad_rows(history["rows_cil"], n_tasks), pad_rows(history["rows_til"], n_tasks)
+def is_partial(args, n_tasks: int) -> bool:
+    """A run shortened on purpose (``--debug_mode``, ``--max_steps_per_task``, ``--n_tasks`` below the
+    benchmark's): its numbers are not the protocol's, so summaries keep it apart."""
+    return bool(args.debug_mode or args.max_steps_per_task is not None
+                or (args.n_tasks is not None and args.n_tasks < n_tasks))
+
+
+def accuracy_fields(rows_cil: list, rows_til: Optional[list], n_tasks: int) -> dict:
+    """The final accuracies and accuracy matrices of one split (Task-IL ``None`` on domain-IL benchmarks)."""
+    m_cil = pad_rows(rows_cil, n_tasks)
+    m_til = None if rows_til is None else pad_rows(rows_til, n_tasks)
+    return {"class_il": final_average(m_cil), "task_il": None if m_til is None else final_average(m_til),
+            "acc_matrix_class_il": m_cil, "acc_matrix_task_il": m_til}
+
+
+TEST_FIELDS = ["class_il", "task_il", "acc_matrix_class_il", "acc_matrix_task_il", "forgetting_class_il",
+               "forgetting_task_il", "bwt_class_il", "bwt_task_il", "fwt_class_il", "fwt_task_il",
+               "avg_incremental_class_il", "avg_incremental_task_il", "random_init_class_il", "random_init_task_il",
+               "acc_next_task_class_il", "acc_next_task_task_il", "anytime"]
+
+
+def make_results(run: Run, history: dict, wall_time_s: float, origin: Optional[dict] = None) -> dict:
+    args, n_tasks, domain = run.args, run.dataset.N_TASKS, run.dataset.DOMAIN_IL
+    test = accuracy_fields(history["rows_cil"], None if domain else history["rows_til"], n_tasks)
+    m_cil, m_til = test["acc_matrix_class_il"], test["acc_matrix_task_il"]
     full = len(history["rows_cil"]) == n_tasks
     device = torch.device(args.device)
+    random_cil, random_til = history["random_init_cil"], history["random_init_til"]
+    validation = None
+    if run.validation is not None:
+        validation = accuracy_fields(history["val_rows_cil"], None if domain else history["val_rows_til"], n_tasks)
     return {
         "args": vars(args),
-        "class_il": final_average(m_cil),
-        "task_il": final_average(m_til),
-        "acc_matrix_class_il": m_cil,
-        "acc_matrix_task_il": m_til,
+        "setting": "domain-il" if domain else "class-il",
+        **test,
         "forgetting_class_il": forgetting(m_cil) if full else None,
-        "forgetting_task_il": forgetting(m_til) if full else None,
+        "forgetting_task_il": forgetting(m_til) if full and m_til else None,
         "bwt_class_il": backward_transfer(m_cil) if full else None,
-        "bwt_task_il": backward_transfer(m_til) if full else None,
+        "bwt_task_il": backward_transfer(m_til) if full and m_til else None,
+        "fwt_class_il": forward_transfer(history["next_cil"], random_cil) if random_cil else None,
+        "fwt_task_il": forward_transfer(history["next_til"], random_til) if random_til else None,
+        "avg_incremental_class_il": average_incremental(history["rows_cil"]),
+        "avg_incremental_task_il": None if domain else average_incremental(history["rows_til"]),
+        "random_init_class_il": random_cil,
+        "random_init_task_il": random_til,
+        "acc_next_task_class_il": history["next_cil"],
+        "acc_next_task_task_il": None if domain else history["next_til"],
+        "anytime": history["anytime"] if args.eval_every else None,
+        "validation": validation,
+        "splits": {"headline": "test", "on_test": TEST_FIELDS, "on_validation": ["validation"] if validation else [],
+                   "samples": {"train": len(run.train.y), "validation": 0 if run.validation is None else
+                               len(run.validation.y), "test": len(run.test.y)}},
+        "class_order": history["class_order"],
+        "partial": is_partial(args, n_tasks),
         "n_steps": history["n_steps"],
         "train_time_s": history["train_time_s"],
         "collapse": history["collapse"] if args.collapse_metrics else None,
         "wall_time_s": wall_time_s,
+        "start_time": history["start_time"],
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         "torch_version": torch.__version__,
+        **(origin or {}),
     }
