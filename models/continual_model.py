@@ -54,11 +54,39 @@ class ContinualModel(nn.Module):
         self.current_task = 0
         self.opt: torch.optim.Optimizer | None = None
         self.scheduler = None
-        self.buffer = (ReservoirBuffer(args.buffer_size, setting.device, setting.buffer_generator)
-                       if self.USES_BUFFER else None)
+        self.buffer = self.build_buffer() if self.USES_BUFFER else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def build_buffer(self):
+        """The replay buffer of a method with ``USES_BUFFER`` (override to use another policy)."""
+        return ReservoirBuffer(self.args.buffer_size, self.setting.device, self.setting.buffer_generator)
+
+    def reinitialise_network(self, generator: torch.Generator) -> None:
+        """Give the network new initial weights, drawn as a fresh build draws them, from ``generator``.
+
+        The network is built again by ``utils.training.build_network`` (so every
+        backbone's own initialisation applies, e.g. the MLP's Xavier-uniform on
+        itself and on an FC head, and fixed heads get their same matrix again)
+        with the global generator seeded from ``generator`` and restored after,
+        and its weights are copied into the existing parameters (an optimizer or
+        ``torch.compile`` wrapper keeps referring to them).  The run's other
+        random streams are untouched, so runs stay reproducible.
+        """
+        from types import SimpleNamespace
+
+        from datasets import get_dataset_class
+        from utils.training import build_network  # imported here: utils.training imports this module
+
+        shape = SimpleNamespace(INPUT_SHAPE=get_dataset_class(self.args.dataset).INPUT_SHAPE,
+                                num_classes=len(self.setting.task_of_class))
+        seed = int(torch.randint(0, 2 ** 62, (), device=generator.device, generator=generator))
+        cuda = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(seed)
+            fresh = build_network(self.args, shape)
+        getattr(self.net, "_orig_mod", self.net).load_state_dict(fresh.state_dict())
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         """Plain SGD (no momentum, no weight decay), as in the reference protocol."""

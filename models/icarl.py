@@ -1,0 +1,215 @@
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from models import register_model
+from models.continual_model import ContinualModel
+from utils.buffer import ClassBalancedBuffer
+from utils.cli import Flag, non_negative
+from utils.errors import UserError
+
+
+def herding(features: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor, m: int) -> torch.Tensor:
+    """iCaRL's herding, for every class in ``classes`` at once: the indices of up to ``m`` rows per class.
+
+    Step i picks the row whose feature f makes the running mean of the picked
+    rows, (f + sum of the i picked) / (i + 1), closest to the class mean mu (of
+    the class's ``features`` as given, already L2-normalised by the caller);
+    a row is picked once.  Returned in pick order, step-major (every class's
+    first pick, then every class's second, ...); a class with fewer than ``m``
+    rows gives all of them.  The loop runs ``m`` steps of batched tensor work
+    over the classes: no per-sample Python and no synchronisation inside.
+    """
+    which = (labels.unsqueeze(1) == classes.unsqueeze(0)).float().argmax(1)  # position of each row's class
+    c, dim = len(classes), features.shape[1]
+    counts = torch.bincount(which, minlength=c)
+    width = int(counts.max())                                  # once per call
+    order = torch.argsort(which, stable=True)
+    start = torch.cumsum(counts, 0) - counts
+    col = torch.arange(len(order), device=features.device) - start[which[order]]
+    padded = features.new_zeros(c, width, dim)
+    padded[which[order], col] = features[order]
+    row_of = torch.full((c, width), -1, dtype=torch.long, device=features.device)
+    row_of[which[order], col] = order
+    taken = row_of < 0                                         # padding is never picked
+    mean = padded.sum(1) / counts.clamp(min=1).unsqueeze(1)
+    norms = (padded * padded).sum(2)
+    running = torch.zeros_like(mean)
+    every = torch.arange(c, device=features.device)
+    picks = []
+    for i in range(m):
+        # ||mu - (f + S)/(i+1)|| is smallest where ||(i+1) mu - S - f||^2 = |f|^2 - 2 f.t + |t|^2 is
+        target = (i + 1) * mean - running
+        cost = norms - 2 * torch.bmm(padded, target.unsqueeze(2)).squeeze(2)
+        best = cost.masked_fill(taken, float("inf")).argmin(1)
+        picks.append(torch.where(taken[every, best], -1, row_of[every, best]))  # -1: the class ran out
+        running = running + padded[every, best]
+        taken[every, best] = True
+    picks = torch.stack(picks).flatten()
+    return picks[picks >= 0]                                   # once per call
+
+
+@register_model("icarl")
+class ICaRL(ContinualModel):
+    """iCaRL (Rebuffi et al., CVPR 2017), as the paper and Mammoth's ``icarl``.
+
+    Training: every class seen so far has a sigmoid, trained with binary
+    cross-entropy whose targets are one-hot labels for the current task's
+    classes and the previous network's sigmoid outputs for earlier classes
+    (distillation), on the task's data together with the stored exemplars
+    (each exemplar once per epoch, spread evenly over the epoch's batches and
+    augmented like the stream; Mammoth merges them into the task's data set).
+    Memory: at the end of each task every class keeps m = buffer_size //
+    classes-seen exemplars: earlier classes their first m (herding order), the
+    task's classes m chosen by herding on L2-normalised features
+    (``ClassBalancedBuffer``).  Evaluation: nearest mean of exemplars, the
+    score of class y being -||phi(x) - mu_y||^2 with phi(x) and mu_y (the mean
+    of its exemplars' normalised features) L2-normalised; classes without
+    exemplars score -inf.  The previous network is a frozen copy kept in eval
+    mode; it and the class means are part of the state dict (checkpoints).
+    There is no softmax, so ``--masked_softmax 1`` is refused.  Unlike
+    Mammoth's current code the loss leaves out later tasks' classes (the
+    paper's network has no outputs for them yet) and the class means do not
+    average in horizontally flipped exemplars (the paper's do not).
+    """
+
+    USES_BUFFER = True
+    FLAGS = {"optim_wd": Flag(non_negative(float), 0.0, "SGD weight decay (Mammoth's --optim_wd)")}
+    # --load_best_args: dataset -> buffer size -> flags.
+    # seq-mnist, seq-cifar10, seq-tinyimg: Mammoth's table (utils/best_args.py, the DER paper's grid);
+    #   its seq-cifar10 row at 5120 gives no weight decay (0 here).
+    # seq-cifar100: Mammoth's table (the X-DER paper's protocol), buffers 500 and 2000.
+    # seq-digits: this project's own choice (small sweep, tests/test_methods_b.py's module docstring).
+    BEST_ARGS = {
+        "seq-mnist": {b: dict(lr=0.1, optim_wd=0.0) for b in (200, 500, 5120)},
+        "seq-cifar10": {200: dict(lr=0.1, optim_wd=1e-5), 500: dict(lr=0.1, optim_wd=1e-5),
+                        5120: dict(lr=0.03, optim_wd=0.0)},
+        "seq-tinyimg": {b: dict(lr=0.03, optim_wd=1e-5) for b in (200, 500, 5120)},
+        "seq-cifar100": {b: dict(lr=0.3, optim_wd=1e-5) for b in (500, 2000)},
+        "seq-digits": {b: dict(lr=0.1, optim_wd=0.0) for b in (50, 200, 500)},
+    }
+
+    def __init__(self, net, args, setting):
+        if args.masked_softmax:
+            raise UserError("--model icarl trains one sigmoid per class with binary cross-entropy and classifies "
+                            "by the nearest mean of exemplars: there is no softmax to mask; use --masked_softmax 0")
+        super().__init__(net, args, setting)
+        num_classes = len(setting.task_of_class)
+        self.old_net = copy.deepcopy(net).requires_grad_(False).eval()
+        self.register_buffer("class_means", torch.zeros(num_classes, net.backbone.feature_dim, device=setting.device))
+        self.register_buffer("has_mean", torch.zeros(num_classes, dtype=torch.bool, device=setting.device))
+        self.has_batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
+        self.columns = torch.arange(num_classes, device=setting.device)  # the classes seen so far (set per task)
+        self.old_column = torch.zeros(num_classes, dtype=torch.bool, device=setting.device)
+        self.n_exemplars = 0      # exemplars replayed during this task (fixed at its start)
+        self.steps_per_epoch = 1
+        self.step = 0             # within the epoch
+        self.exemplar_order = None
+
+    def build_buffer(self):
+        return ClassBalancedBuffer(self.args.buffer_size, len(self.setting.task_of_class), self.setting.device,
+                                   self.setting.buffer_generator)
+
+    def build_optimizer(self):
+        return torch.optim.SGD(self.net.parameters(), lr=self.args.lr, weight_decay=self.args.optim_wd)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.old_net.eval()  # the previous network's batch-norm statistics stay as they were
+        return self
+
+    def begin_task(self, task, data):
+        task_of_class = self.setting.task_of_class
+        self.columns = torch.nonzero(task_of_class <= task).flatten()  # once per task
+        self.old_column = task_of_class[self.columns] < task
+        self.n_exemplars = len(self.buffer)
+        batches = -(-len(data) // self.args.batch_size)
+        if self.has_batch_norm and batches > 1 and len(data) % self.args.batch_size == 1:
+            batches -= 1  # the trainer joins a last single sample to the batch before
+        self.steps_per_epoch = batches
+        self.new_epoch()
+
+    def new_epoch(self) -> None:
+        self.step = 0
+        if self.n_exemplars:
+            self.exemplar_order = torch.randperm(self.n_exemplars, device=self.device,
+                                                 generator=self.setting.buffer_generator)
+
+    def end_epoch(self) -> None:
+        super().end_epoch()
+        self.new_epoch()
+
+    def exemplar_batch(self):
+        """This step's share of the epoch's exemplars: every exemplar once per epoch, evenly spread."""
+        lo = self.step * self.n_exemplars // self.steps_per_epoch
+        hi = (self.step + 1) * self.n_exemplars // self.steps_per_epoch
+        self.step += 1
+        if hi <= lo:
+            return None
+        idx = self.exemplar_order[lo:hi]
+        return self.setting.augment(self.buffer.fields["examples"][idx]), self.buffer.fields["labels"][idx]
+
+    def observe(self, inputs, labels, not_aug_inputs):
+        if self.n_exemplars:
+            extra = self.exemplar_batch()
+            if extra is not None:
+                inputs, labels = torch.cat((inputs, extra[0])), torch.cat((labels, extra[1]))
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.backward(lambda: self.loss(inputs, labels))
+        self.opt.step()
+        return loss
+
+    def loss(self, inputs, labels):
+        """Binary cross-entropy over the classes seen so far; earlier classes' targets are the old network's."""
+        logits = self.net(inputs)[:, self.columns].float()
+        targets = F.one_hot(labels, len(self.setting.task_of_class)).float()[:, self.columns]
+        if self.current_task > 0:
+            with torch.no_grad():
+                old = torch.sigmoid(self.old_net(inputs)[:, self.columns].float())
+            targets = torch.where(self.old_column, old, targets)
+        return F.binary_cross_entropy_with_logits(logits, targets)
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor, prepare) -> torch.Tensor:
+        """L2-normalised features of raw inputs ``x`` (non-augmented), in eval mode, batch by batch."""
+        from utils.training import eval_batch_size  # utils.training imports the models
+        was_training = self.net.training
+        self.net.eval()
+        out = []
+        for chunk in x.split(eval_batch_size(x.shape)):
+            with self.autocast():
+                out.append(self.net(prepare(chunk), return_features=True)[1].float())
+        self.net.train(was_training)
+        return F.normalize(torch.cat(out), dim=1)
+
+    def end_task(self, task, data):
+        plain = getattr(self.net, "_orig_mod", self.net)  # the plain module when --compile wrapped it
+        self.old_net.load_state_dict(plain.state_dict())
+        self.update_memory(task, data)
+        self.compute_class_means(data.prepare)
+
+    def update_memory(self, task, data) -> None:
+        """Keep m = buffer_size // classes-seen exemplars per class; the task's own chosen by herding."""
+        task_of_class = self.setting.task_of_class
+        per_class = self.buffer.size // int((task_of_class <= task).sum())
+        self.buffer.shrink(per_class)
+        classes = torch.nonzero(task_of_class == task).flatten()
+        rows = herding(self.features(data.x, data.prepare), data.y, classes, per_class)
+        quota = torch.full((len(task_of_class),), per_class, device=self.device)
+        self.buffer.add_balanced(quota, examples=data.x[rows], labels=data.y[rows])
+
+    def compute_class_means(self, prepare) -> None:
+        """Each stored class's mean of normalised exemplar features, normalised again."""
+        n = len(self.buffer)
+        labels = self.buffer.fields["labels"][:n]
+        feats = self.features(self.buffer.fields["examples"][:n], prepare)
+        sums = torch.zeros_like(self.class_means).index_add_(0, labels, feats)
+        self.class_means.copy_(F.normalize(sums, dim=1))
+        self.has_mean.copy_(torch.bincount(labels, minlength=len(self.has_mean)) > 0)
+
+    def forward(self, x):
+        """Nearest mean of exemplars: -||phi(x) - mu_y||^2 per class (normalised), -inf where no exemplar."""
+        feats = F.normalize(self.net(x, return_features=True)[1].float(), dim=1)
+        dist = torch.cdist(feats, self.class_means).pow(2)
+        return (-dist).masked_fill(~self.has_mean, float("-inf"))
