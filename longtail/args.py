@@ -15,7 +15,7 @@ import sys
 
 from longtail.processes import Processes
 from utils.cli import OneLineParser, binary, momentum, non_negative, non_negative_int, positive, switch
-from utils.run_flags import RUN_DEFAULTS, add_run_flags, given_flags, resolve_run_flags
+from utils.run_flags import RUN_DEFAULTS, add_run_flags, given_flags, parse_command_line, resolve_run_flags
 
 DEFAULTS = dict(RUN_DEFAULTS, **{
     "n_epochs": 200, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4,
@@ -122,9 +122,4 @@ def resolve(ns: argparse.Namespace) -> argparse.Namespace:
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Parse and resolve a command line; invalid values exit with a one-line error and code 2."""
-    parser = build_parser()
-    ns = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
-    try:
-        return resolve(ns)
-    except ValueError as exc:
-        parser.error(str(exc))
+    return parse_command_line(build_parser(), sys.argv[1:] if argv is None else list(argv), resolve)

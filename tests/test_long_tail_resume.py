@@ -23,6 +23,7 @@ import torch
 
 import main_lt
 from longtail import trainer
+from tests.test_checkpoint_errors import set_in
 from tests.test_long_tail import N_PER_CLASS, free_port, write_tiny_cifar
 from utils.checkpoint import CHECKPOINT_FILE
 
@@ -226,28 +227,19 @@ def test_resume_refuses_other_arguments_and_an_existing_checkpoint(finished, cap
     assert open(os.path.join(ckpt, CHECKPOINT_FILE), "rb").read() == before
 
 
-def change(*keys, value):
-    def apply(state):
-        inner = state
-        for key in keys[:-1]:
-            inner = inner[key]
-        inner[keys[-1]] = value
-    return apply
-
-
 DAMAGE = {
     "another program": (lambda s: s.pop("trainer"), "saved by main.py (continual learning), not by main_lt.py"),
-    "more epochs than the run": (change("history", "stages_done", value=9), "claims 9 completed epoch(s), but "
+    "more epochs than the run": (set_in("history", "stages_done", value=9), "claims 9 completed epoch(s), but "
                                                                            "this run has 3"),
-    "other evaluated epochs": (change("history", "evaluated", value=[1, 3]), "evaluated is not the epochs [1, 2, 3]"),
-    "short hits": (change("history", "hits", value=[[0.0] * 10, [0.0] * 10, [1.0]]), "hits and counts are not 3"),
-    "more processes": (change("world_size", value=2), "saved by 2 process(es), this run has 1"),
-    "other network": (change("model", "head.weight", value=torch.zeros(10, 32)), "'head.weight' is a float32 tensor "
+    "other evaluated epochs": (set_in("history", "evaluated", value=[1, 3]), "evaluated is not the epochs [1, 2, 3]"),
+    "short hits": (set_in("history", "hits", value=[[0.0] * 10, [0.0] * 10, [1.0]]), "hits and counts are not 3"),
+    "more processes": (set_in("world_size", value=2), "saved by 2 process(es), this run has 1"),
+    "other network": (set_in("model", "head.weight", value=torch.zeros(10, 32)), "'head.weight' is a float32 tensor "
                                                                                  "of shape (10, 32)"),
-    "bad mixing state": (change("rng", 0, "mixing_lambda", value={"bit_generator": "PCG64"}),
+    "bad mixing state": (set_in("rng", 0, "mixing_lambda", value={"bit_generator": "PCG64"}),
                          "'mixing_lambda' random generator is invalid"),
-    "bad optimizer": (change("optimizer", value={"state": {}, "param_groups": []}), "optimizer state does not fit"),
-    "scaler without fp16": (change("scaler", value={"scale": 1.0}), "GradScaler state does not fit this run's --amp"),
+    "bad optimizer": (set_in("optimizer", value={"state": {}, "param_groups": []}), "optimizer state does not fit"),
+    "scaler without fp16": (set_in("scaler", value={"scale": 1.0}), "GradScaler state does not fit this run's --amp"),
 }
 
 

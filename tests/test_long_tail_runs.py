@@ -11,7 +11,7 @@ import pytest
 import main_lt
 from longtail.metrics import format_metrics
 from longtail.trainer import run_long_tail
-from tests.test_long_tail import N_PER_CLASS, write_tiny_cifar
+from tests.test_long_tail import N_PER_CLASS, run_main, write_tiny_cifar
 from tests.test_wandb import Recorder
 from utils.runlock import run_lock
 from utils.wandb_logger import INIT_TIMEOUT_ENV, LOSS_EVERY
@@ -24,11 +24,6 @@ TINY = ["--dataset", "cifar10-lt", "--method", "arc-mixup", "--width", "4", "--b
 @pytest.fixture(scope="module")
 def cifar_dir(tmp_path_factory):
     return write_tiny_cifar(tmp_path_factory.mktemp("cifar"), N_PER_CLASS, 6)
-
-
-def run_main(argv, capsys):
-    code = main_lt.main(argv)
-    return code, capsys.readouterr()
 
 
 def test_the_result_is_printed_once(cifar_dir, tmp_path, capsys):

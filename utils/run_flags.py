@@ -41,6 +41,16 @@ def add_run_flags(parser: argparse.ArgumentParser, stage: str) -> argparse._Argu
     return r
 
 
+def parse_command_line(parser: argparse.ArgumentParser, argv: list, resolve) -> argparse.Namespace:
+    """Parse ``argv`` and ``resolve`` the result into the run's settings; a ``ValueError`` from ``resolve``
+    is the parser's one-line error (exit code 2), like a bad value."""
+    ns = parser.parse_args(argv)
+    try:
+        return resolve(ns)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
 def given_flags(ns: argparse.Namespace, required: dict) -> dict:
     """The flags given on the command line (every parser default is ``None``); a ``required`` one
     (name -> its valid choices) that is missing is a ``ValueError`` listing the choices."""
