@@ -38,13 +38,16 @@ class AGem(ContinualModel):
 
     USES_BUFFER = True
     # --load_best_args: dataset -> buffer size -> flags.
-    # seq-mnist, seq-cifar10, seq-tinyimg: Mammoth's utils/best_args.py (the DER paper, Buzzega et al.,
-    #   NeurIPS 2020, appendix); seq-cifar100: none published.
+    # seq-mnist, seq-cifar10, seq-tinyimg, perm-mnist, rot-mnist: Mammoth's utils/best_args.py (the DER
+    #   paper, Buzzega et al., NeurIPS 2020, appendix); seq-cifar100: none published.
     # seq-digits: this project's own choice (a small sweep, see tests/test_methods_a.py's module docstring).
     BEST_ARGS = {
         "seq-mnist": {b: dict(lr=0.1, minibatch_size=128) for b in (200, 500, 5120)},
         "seq-cifar10": {b: dict(lr=0.03, minibatch_size=32) for b in (200, 500, 5120)},
         "seq-tinyimg": {b: dict(lr=0.01, minibatch_size=32) for b in (200, 500, 5120)},
+        "perm-mnist": {b: dict(lr=0.1, minibatch_size=128) for b in (200, 500, 5120)},
+        "rot-mnist": {200: dict(lr=0.1, minibatch_size=128), 500: dict(lr=0.3, minibatch_size=128),
+                      5120: dict(lr=0.3, minibatch_size=128)},
         "seq-digits": {b: dict(lr=0.01, minibatch_size=64) for b in (50, 200, 500)},
     }
 

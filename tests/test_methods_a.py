@@ -1,5 +1,6 @@
 """ER-ACE, A-GEM, online EWC and LwF.MC against their definitions on hand-made cases, and end to end
-with every head and masking choice on seq-digits, seq-mnist and the three image benchmarks.
+with every head and masking choice on seq-digits, seq-mnist, the three image benchmarks and the
+domain-incremental MNIST benchmarks.
 
 The seq-digits rows of their ``BEST_ARGS`` come from a small sweep at buffer 200 (seeds 0, 1 x {fc, fno}
 x masked softmax {0, 1} where it applies, 5 epochs), selected by mean Class-IL on a validation split
@@ -11,7 +12,6 @@ x masked softmax {0, 1} where it applies, 5 epochs), selected by mean Class-IL o
 """
 import copy
 import json
-import math
 
 import pytest
 import torch
@@ -22,7 +22,7 @@ from models.agem import project
 from models.er_ace import ace_keep
 from tests.conftest import write_mnist
 from tests.test_image_datasets import write_tiny_cifar, write_tiny_imagenet
-from utils.training import TaskData, build_run, evaluate, run_experiment, stages, train_stage
+from utils.training import TaskData, build_run, run_experiment, stages, train_stage
 
 METHODS = {  # flags that make each method runnable without --load_best_args
     "er_ace": ["--buffer_size", "50", "--lr", "0.1"],
@@ -352,16 +352,34 @@ def test_every_method_runs_the_seq_cifar10_command(image_data, tmp_path):
 
 
 @pytest.mark.parametrize("dataset", ["seq-cifar100", "seq-tinyimg"])
-def test_every_method_trains_two_tasks_of(image_data, make_args, dataset):
-    """The first two of ten tasks (each method's first-task path, end_task, and its later-task path:
-    replay, projection, penalty, distillation), with bf16 autocast and channels-last; the whole
-    protocol of these 10-task benchmarks would take minutes on a CPU."""
+def test_every_method_runs_two_tasks_of(image_data, tmp_path, dataset):
+    """The first two of ten tasks (--n_tasks 2: each method's first-task path, end_task, and its
+    later-task path: replay, projection, penalty, distillation), with bf16 autocast and channels-last;
+    the whole protocol of these 10-task benchmarks would take minutes on a CPU."""
     for model in METHODS:
-        run = build_run(make_args(*image_flags(model, dataset, image_data), "--amp", "bf16", "--channels_last", "1"))
-        for data in stages(run)[:2]:
-            loss, _ = train_stage(run, data)
-        class_il, task_il = evaluate(run, 2)
-        assert math.isfinite(loss) and all(0 <= c <= t <= 100 for c, t in zip(class_il, task_il))
+        results = tmp_path / f"{model}.json"
+        argv = image_flags(model, dataset, image_data) + ["--n_tasks", "2", "--amp", "bf16", "--channels_last", "1",
+                                                          "--results_file", str(results)]
+        assert main.main(argv) == 0
+        out = json.loads(results.read_text())
+        row_cil, row_til = out["acc_matrix_class_il"][1][:2], out["acc_matrix_task_il"][1][:2]  # after task 2
+        assert out["partial"] and all(0 <= c <= t <= 100 for c, t in zip(row_cil, row_til))
+
+
+@pytest.mark.parametrize("dataset", ["perm-mnist", "rot-mnist"])
+def test_domain_incremental_benchmarks(tmp_path, capsys, dataset):
+    """A-GEM and oEWC run with Mammoth's best args (and ER-ACE with given ones); LwF.MC, which learns
+    new classes task by task, refuses in one line."""
+    write_mnist(str(tmp_path))
+    common = ["--dataset", dataset, "--data_path", str(tmp_path), "--n_tasks", "2", "--device", "cpu",
+              "--results_file", "none"]
+    assert main.main(common + ["--model", "agem", "--buffer_size", "200", "--load_best_args"]) == 0
+    assert main.main(common + ["--model", "ewc_on", "--load_best_args"]) == 0
+    assert main.main(common + ["--model", "er_ace", "--buffer_size", "200", "--lr", "0.1"]) == 0
+    capsys.readouterr()
+    assert main.main(common + ["--model", "lwf_mc", "--lr", "0.1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "repeats the same classes" in err
 
 
 # ----------------------------------------------------------------------------- CUDA
