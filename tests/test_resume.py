@@ -57,7 +57,7 @@ DRIVER = textwrap.dedent("""
 def results_without_timing(path):
     with open(path) as f:
         results = json.load(f)
-    for timing in ("wall_time_s", "train_time_s"):
+    for timing in ("wall_time_s", "train_time_s", "start_time"):
         results.pop(timing)
     for flag in ("results_file", "checkpoint_dir", "resume"):
         results["args"].pop(flag)
