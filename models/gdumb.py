@@ -4,6 +4,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from datasets import get_dataset_class
 from models import register_model
 from models.continual_model import ContinualModel
 from utils.buffer import ClassBalancedBuffer
@@ -62,7 +63,8 @@ class GDumb(ContinualModel):
         "maxlr": Flag(positive(float), 0.05, "gdumb: peak learning rate of the retraining"),
         "minlr": Flag(non_negative(float), 0.0005, "gdumb: lowest learning rate of the retraining's cosine cycles"),
         "fitting_epochs": Flag(positive(int), 256, "gdumb: epochs of training on the memory (the paper: 256)"),
-        "cutmix_alpha": Flag(non_negative(float), 1.0, "gdumb: Beta(alpha, alpha) of the cutmix box size; 0: no cutmix"),
+        "cutmix_alpha": Flag(non_negative(float), 1.0,
+                             "gdumb: Beta(alpha, alpha) of the cutmix box size; 0: no cutmix"),
         "cutmix_prob": Flag(bounded(float, 0, 1), 0.5, "gdumb: probability of cutmix for a batch (GDumb's code)"),
         "optim_mom": Flag(bounded(float, 0, 1), 0.0, "SGD momentum of the retraining (Mammoth's --optim_mom)"),
         "optim_wd": Flag(non_negative(float), 0.0, "SGD weight decay (Mammoth's --optim_wd)"),
@@ -81,7 +83,7 @@ class GDumb(ContinualModel):
         "seq-mnist": {b: dict(PAPER_RECIPE) for b in (200, 500, 5120)},
         "seq-cifar10": {b: dict(PAPER_RECIPE) for b in (200, 500, 5120)},
         "seq-tinyimg": {b: dict(PAPER_RECIPE) for b in (200, 500, 5120)},
-        "seq-digits": {b: dict(PAPER_RECIPE, fitting_epochs=64, maxlr=0.1) for b in (50, 200, 500)},
+        "seq-digits": {b: dict(PAPER_RECIPE, fitting_epochs=128) for b in (50, 200, 500)},
     }
 
     def __init__(self, net, args, setting):
@@ -92,7 +94,8 @@ class GDumb(ContinualModel):
             raise UserError(f"--model gdumb passes over the stream once to fill its memory (Mammoth forces one "
                             f"epoch); got --n_epochs {args.n_epochs}: use --n_epochs 1")
         super().__init__(net, args, setting)
-        self.n_tasks = int(setting.task_of_class.max()) + 1
+        # the last task trained (--n_tasks may stop the stream early): where the stream ends
+        self.last_task = (getattr(args, "n_tasks", None) or get_dataset_class(args.dataset).N_TASKS) - 1
         self.fit_generator = make_generator(args.seed, "gdumb", setting.device)
         self.zero = torch.zeros((), device=setting.device)
         self.has_batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
@@ -112,7 +115,7 @@ class GDumb(ContinualModel):
         return self.zero
 
     def end_task(self, task, data):
-        if self.args.fit_every_task or task == self.n_tasks - 1:
+        if self.args.fit_every_task or task == self.last_task:
             self.reinitialise_network(self.fit_generator)
             self.fit_memory()
 

@@ -3,6 +3,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
+from datasets import get_dataset_class
 from models import register_model
 from models.continual_model import ContinualModel
 from utils.buffer import ClassBalancedBuffer
@@ -87,13 +88,16 @@ class ICaRL(ContinualModel):
                         5120: dict(lr=0.03, optim_wd=0.0)},
         "seq-tinyimg": {b: dict(lr=0.03, optim_wd=1e-5) for b in (200, 500, 5120)},
         "seq-cifar100": {b: dict(lr=0.3, optim_wd=1e-5) for b in (500, 2000)},
-        "seq-digits": {b: dict(lr=0.1, optim_wd=0.0) for b in (50, 200, 500)},
+        "seq-digits": {b: dict(lr=0.3, optim_wd=1e-5) for b in (50, 200, 500)},
     }
 
     def __init__(self, net, args, setting):
         if args.masked_softmax:
             raise UserError("--model icarl trains one sigmoid per class with binary cross-entropy and classifies "
                             "by the nearest mean of exemplars: there is no softmax to mask; use --masked_softmax 0")
+        if get_dataset_class(args.dataset).DOMAIN_IL:
+            raise UserError(f"--model icarl adds new classes with every task; {args.dataset} is domain-incremental "
+                            f"(every task holds the same classes): use a class-incremental benchmark")
         super().__init__(net, args, setting)
         num_classes = len(setting.task_of_class)
         self.old_net = copy.deepcopy(net).requires_grad_(False).eval()

@@ -51,7 +51,8 @@ def update_logits(old: torch.Tensor, new: torch.Tensor, labels: torch.Tensor, st
     return out
 
 
-def supervised_contrastive(features: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+def supervised_contrastive(features: torch.Tensor, labels: torch.Tensor, temperature: float,
+                           num_classes: int) -> torch.Tensor:
     """SupCon (Khosla et al. 2020; Mammoth's ``SupConLoss`` with base temperature = temperature and
     reduction 'sum') for several heads at once: ``features`` is heads x N x views x d, L2-normalised.
 
@@ -68,7 +69,7 @@ def supervised_contrastive(features: torch.Tensor, labels: torch.Tensor, tempera
     sim = contrast @ contrast.transpose(1, 2) / temperature
     self_pair = torch.eye(views * n, dtype=torch.bool, device=features.device)
     log_norm = torch.logsumexp(sim.masked_fill(self_pair, float("-inf")), 2)
-    members = F.one_hot(same).to(contrast.dtype)                       # anchors x classes
+    members = F.one_hot(same, num_classes).to(contrast.dtype)          # anchors x classes (no sync)
     class_sums = members.T @ contrast                                  # heads x classes x d
     own = class_sums.gather(1, same.view(1, -1, 1).expand(heads, -1, contrast.shape[2]))
     positives = members.sum(0)[same] - 1
@@ -236,13 +237,17 @@ class XDER(ContinualModel):
     BEST_ARGS = {
         "seq-cifar100": {500: dict(RELEASED, alpha=0.3, beta=0.8, constr_margin=0.7, constr_eta=0.001),
                          2000: dict(RELEASED, alpha=0.6, beta=0.9, constr_margin=0.2, constr_eta=0.01)},
-        "seq-digits": {b: dict(lr=0.03, alpha=0.2, beta=1.0) for b in (50, 200, 500)},
+        "seq-digits": {b: dict(lr=0.1, alpha=0.1, beta=1.0, past_constraint=1) for b in (50, 200, 500)},
     }
 
     def __init__(self, net, args, setting):
         for name, flag in self.FLAGS.items():  # a flag another method also declares may arrive unset
             if getattr(args, name, None) is None:
                 setattr(args, name, flag.default)
+        if get_dataset_class(args.dataset).DOMAIN_IL:
+            raise UserError(f"--model xder gives every task its own head of new classes; {args.dataset} is "
+                            f"domain-incremental (every task holds the same classes): use a class-incremental "
+                            f"benchmark")
         super().__init__(net, args, setting)
         per_task = torch.bincount(setting.task_of_class).tolist()  # once
         ordered = bool((setting.task_of_class[1:] >= setting.task_of_class[:-1]).all())
@@ -346,7 +351,7 @@ class XDER(ContinualModel):
             out = self.net(self.strong_augment(raw.repeat_interleave(views, 0))).float()
         n, heads = len(raw), self.n_tasks - self.current_task - 1
         future = out[:, seen:].reshape(n, views, heads, self.cpt).permute(2, 0, 1, 3)
-        loss = supervised_contrastive(F.normalize(future, dim=3), scl_labels, args.simclr_temp)
+        loss = supervised_contrastive(F.normalize(future, dim=3), scl_labels, args.simclr_temp, self.num_classes)
         return args.lambd * loss / (heads * n)
 
     # ------------------------------------------------------------------ task end

@@ -208,7 +208,8 @@ class ClassBalancedBuffer(BufferStorage):
         size, classes = self.size, self.num_classes
         stored = self.counts.sum()
         occupied = torch.arange(size, device=self.device) < stored
-        cls = torch.where(occupied, self.fields["labels"][:size].long(), torch.full_like(occupied, classes, dtype=torch.long))
+        empty = torch.full((size,), classes, dtype=torch.long, device=self.device)  # one class past the last
+        cls = torch.where(occupied, self.fields["labels"][:size].long(), empty)
         key = torch.rand(size, dtype=torch.float64, device=self.device, generator=self.generator)
         order = torch.argsort(cls.double() * 2 + key, stable=True)  # by class, then key
         sorted_cls = cls[order]
