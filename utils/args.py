@@ -23,7 +23,7 @@ from datasets import dataset_names, get_dataset_class
 from models import get_model_class, model_aliases, model_names
 from utils.best_args import best_args
 from utils.cli import OneLineParser, binary, bounded, non_negative_int, positive, resolve_device, seed, switch
-from utils.flags import results_name
+from utils.flags import DATA_PATH_ENV, results_name
 
 # `python main.py` with no arguments: masked-FNO ER on the embedded digits benchmark.
 DEFAULT_ARGV = ["--dataset", "seq-digits", "--model", "er", "--classifier", "fno",
@@ -122,7 +122,7 @@ def build_parser() -> OneLineParser:
     r = p.add_argument_group("run")
     r.add_argument("--seed", type=seed, metavar="INT", help="seed of every random stream (default 0)")
     r.add_argument("--device", metavar="{cpu,cuda,cuda:N}", help="default: cuda when available")
-    r.add_argument("--data_path", metavar="DIR", help="where datasets live / are downloaded (default ./data)")
+    r.add_argument("--data_path", metavar="DIR", help="where datasets live / are downloaded (default: $FNO_CL_DATA, else ./data)")
     r.add_argument("--results_file", metavar="{PATH,none}",
                    help=f"write the results here as JSON (atomically); default {RESULTS_ROOT}/<dataset>/<name>.json "
                         "under the current directory, the name made from the flags given; none: no file")
@@ -197,6 +197,7 @@ def resolve(ns: argparse.Namespace) -> argparse.Namespace:
             raise ValueError(f"--{required} is required (valid choices: "
                              f"{', '.join(dataset_names() if required == 'dataset' else model_names())})")
     values = dict(DEFAULTS)
+    values["data_path"] = os.environ.get(DATA_PATH_ENV) or DEFAULTS["data_path"]  # a cluster's data folder
     aliases = model_aliases()
     model = explicit["model"]
     if model in aliases:

@@ -10,7 +10,10 @@ from models import get_model_class
 
 def best_args(dataset: str, model: str, buffer_size) -> dict:
     """The table's flags, or ``KeyError`` with a one-line message naming what the table holds."""
-    table = get_model_class(model).BEST_ARGS
+    cls = get_model_class(model)
+    table = cls.BEST_ARGS
+    if not cls.USES_BUFFER:
+        buffer_size = 0  # buffer-less methods keep one row per dataset, whatever --buffer_size says
     if not table:
         raise KeyError(f"no best arguments for model {model!r} (none in its table): give its flags explicitly")
     if dataset not in table:
