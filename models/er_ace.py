@@ -10,9 +10,10 @@ def ace_keep(labels: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
     """Classes the asymmetric stream loss keeps (a boolean row over all classes).
 
     A class is kept when it is present in the batch or is not below the highest
-    class seen so far: the classes seen earlier but absent from the batch are the
-    ones masked (the authors' and Mammoth's rule, ``mask[:, present] = 1;
-    mask[:, seen.max():] = 1``, so the not-yet-seen classes stay in the softmax).
+    class seen so far (the authors' and Mammoth's rule, ``mask[:, present] = 1;
+    mask[:, seen.max():] = 1``): the classes below it that are absent from the batch,
+    i.e. the earlier classes when classes arrive in order, are masked, and the
+    not-yet-seen ones stay in the softmax.
     Computed on the device from a boolean ``seen`` vector, without ``unique``
     (which synchronises the host to size its output).
     """
@@ -26,9 +27,8 @@ def ace_keep(labels: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
 class ErACE(ContinualModel):
     """ER-ACE (Caccia et al., ICLR 2022): experience replay with the asymmetric cross-entropy.
 
-    The stream batch's cross-entropy leaves out the classes seen so far that are
-    absent from the batch (``ace_keep``), so new classes do not push the old
-    classes' logits down; the replay batch's cross-entropy uses every class.
+    The stream batch's cross-entropy leaves out the earlier classes absent from the
+    batch (``ace_keep``), so new classes do not push the old classes' logits down; the replay batch's cross-entropy uses every class.
     As in Mammoth, the mask and the replay start with the second task unless
     ``--task_free 1``.  Stream and replay go through the network in two forward
     passes.  With ``--masked_softmax 1`` the paper's task mask is applied on top

@@ -22,6 +22,7 @@ from models.agem import project
 from models.er_ace import ace_keep
 from tests.conftest import write_mnist
 from tests.test_image_datasets import write_tiny_cifar, write_tiny_imagenet
+from utils.callbacks import Callback
 from utils.training import TaskData, build_run, run_experiment, stages, train_stage
 
 METHODS = {  # flags that make each method runnable without --load_best_args
@@ -313,6 +314,34 @@ def test_every_head_and_masking_runs_on_seq_mnist(make_args, tmp_path, model):
                                            *METHODS[model], "--classifier", head, "--masked_softmax", str(masked)),
                                  log=quiet)
             assert len(out["acc_matrix_class_il"]) == 5 and 0 <= out["class_il"] <= 100
+
+
+class StopAfterTask(Callback):
+    """Interrupts the run (as Ctrl-C would) once ``task`` is evaluated and checkpointed."""
+
+    def __init__(self, task):
+        self.task = task
+
+    def on_task_end(self, run, task, history):
+        if task == self.task:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("model", list(METHODS))
+def test_a_resumed_run_ends_like_an_uninterrupted_one(make_args, tmp_path, model):
+    """What a method keeps across tasks (A-GEM's memory, EWC's Fisher and anchor, LwF.MC's old
+    network, ER-ACE's seen classes) is in the checkpoint: interrupted after task 2 and resumed, the
+    run ends with the same accuracies on the CPU."""
+    # real digits, whose accuracies tell runs apart (tiny MNIST's are all 100%)
+    flags = ["--dataset", "seq-digits", "--n_epochs", "1", "--model", model, *METHODS[model], "--classifier", "fno",
+             "--seed", "5"]
+    full = run_experiment(make_args(*flags), log=quiet)
+    saved = flags + ["--checkpoint_dir", str(tmp_path / "ckpt")]
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(make_args(*saved), log=quiet, callbacks=[StopAfterTask(1)])
+    resumed = run_experiment(make_args(*saved, "--resume"), log=quiet)
+    assert resumed["acc_matrix_class_il"] == full["acc_matrix_class_il"]
+    assert resumed["acc_matrix_task_il"] == full["acc_matrix_task_il"]
 
 
 @pytest.mark.parametrize("model", list(METHODS))
