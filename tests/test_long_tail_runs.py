@@ -153,3 +153,13 @@ def test_the_grid_runs_a_long_tail_sweep_with_checkpoints(cifar_dir, tmp_path):
     for log in (results / "logs").iterdir():
         text = log.read_text()
         assert "--checkpoint_dir=" in text and "No checkpoint in" in text and text.count("Final (") == 1
+
+
+def test_data_path_comes_from_the_environment_when_not_given(monkeypatch):
+    """As main.py and the grid runner: --data_path, else $FNO_CL_DATA, else ./data."""
+    argv = ["--dataset", "cifar10-lt", "--method", "ce"]
+    monkeypatch.delenv("FNO_CL_DATA", raising=False)
+    assert main_lt.parse_args(argv).data_path == "data"
+    monkeypatch.setenv("FNO_CL_DATA", "/cluster/data")
+    assert main_lt.parse_args(argv).data_path == "/cluster/data"
+    assert main_lt.parse_args(argv + ["--data_path", "mine"]).data_path == "mine"

@@ -11,7 +11,7 @@ import argparse
 import os
 
 from utils.cli import binary, resolve_device, seed, switch
-from utils.flags import results_name
+from utils.flags import DATA_PATH_ENV, results_name
 
 RUN_DEFAULTS = {
     "seed": 0, "device": None, "data_path": "data", "results_file": None, "results_dir": None,
@@ -24,20 +24,21 @@ def add_run_flags(parser: argparse.ArgumentParser, stage: str) -> argparse._Argu
     """Add the shared flags; ``stage`` names what a checkpoint follows ("task", "epoch").  Returns the
     "run" group."""
     r = parser.add_argument_group("run")
-    r.add_argument("--seed", type=seed, help="seed of every random stream (default 0)")
-    r.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    r.add_argument("--data_path", help="where datasets live / are downloaded (default ./data)")
-    r.add_argument("--results_file", help="write the results here as JSON (atomically)")
-    r.add_argument("--results_dir", help="write the results as JSON into this directory, the file named from "
-                   "the flags given (as the grid runner names it; for wandb sweep agents)")
-    r.add_argument("--checkpoint_dir", help=f"save a checkpoint here after every {stage} (atomically)")
-    r.add_argument("--resume", type=switch, nargs="?", const=True,
+    r.add_argument("--seed", type=seed, metavar="INT", help="seed of every random stream (default 0)")
+    r.add_argument("--device", metavar="{cpu,cuda,cuda:N}", help="default: cuda when available")
+    r.add_argument("--data_path", metavar="DIR",
+                   help=f"where datasets live / are downloaded (default: ${DATA_PATH_ENV}, else ./data)")
+    r.add_argument("--results_file", metavar="PATH", help="write the results here as JSON (atomically)")
+    r.add_argument("--results_dir", metavar="DIR", help="write the results as JSON into this directory, the file "
+                   "named from the flags given (as the grid runner names it; for wandb sweep agents)")
+    r.add_argument("--checkpoint_dir", metavar="DIR", help=f"save a checkpoint here after every {stage} (atomically)")
+    r.add_argument("--resume", type=switch, nargs="?", const=True, metavar="{0,1}",
                    help=f"continue from the last {stage} saved in --checkpoint_dir (a fresh start when there is none)")
     w = parser.add_argument_group("wandb (on when a project is given, by flag or WANDB_PROJECT)")
-    w.add_argument("--nowand", type=binary, help="1 disables wandb logging")
-    w.add_argument("--wandb_project", help="wandb project (default: $WANDB_PROJECT; none: no logging)")
-    w.add_argument("--wandb_entity", help="wandb entity (user or team)")
-    w.add_argument("--wandb_name", help="wandb run name (default: wandb's)")
+    w.add_argument("--nowand", type=binary, metavar="{0,1}", help="1 disables wandb logging")
+    w.add_argument("--wandb_project", metavar="NAME", help="wandb project (default: $WANDB_PROJECT; none: no logging)")
+    w.add_argument("--wandb_entity", metavar="NAME", help="wandb entity (user or team)")
+    w.add_argument("--wandb_name", metavar="NAME", help="wandb run name (default: wandb's)")
     return r
 
 
@@ -63,9 +64,12 @@ def given_flags(ns: argparse.Namespace, required: dict) -> dict:
 
 def resolve_run_flags(values: dict, explicit: dict) -> None:
     """Settle the shared flags in ``values`` (merged settings) given the ``explicit`` command-line ones:
-    the device checked and named, ``--resume`` only with a checkpoint directory, ``--results_dir`` turned
-    into the results file.  Raises ``ValueError`` (the parser's one-line error)."""
+    the device checked and named, the data folder from ``$FNO_CL_DATA`` when none was given (as the grid
+    runner takes it), ``--resume`` only with a checkpoint directory, ``--results_dir`` turned into the
+    results file.  Raises ``ValueError`` (the parser's one-line error)."""
     values["device"] = str(resolve_device(values.get("device")))
+    if "data_path" not in explicit and os.environ.get(DATA_PATH_ENV):  # a cluster's data folder
+        values["data_path"] = os.environ[DATA_PATH_ENV]
     if values["resume"] and not values["checkpoint_dir"]:
         raise ValueError("--resume needs --checkpoint_dir (the directory holding the checkpoint)")
     if values["results_dir"] is not None:
