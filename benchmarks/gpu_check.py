@@ -1,4 +1,4 @@
-"""One prepared GPU check: the CUDA tests, the throughput table and the protocol projections, in one report.
+"""One prepared GPU check: the CUDA tests, the throughput table, stacked seeds and the protocol projections, in one report.
 
     bash benchmarks/gpu_check.sh OUT_DIR            # on a GPU machine, at most ~8 minutes
     bash benchmarks/gpu_check.sh --smoke OUT_DIR    # the same code path on the CPU, tiny step counts (CI)
@@ -12,7 +12,6 @@ wandb, no network): run it from the repository root.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import subprocess
 import sys
@@ -21,7 +20,8 @@ import traceback
 
 import torch
 
-from benchmarks.throughput import DATASETS, format_row, measure, parse_options, synthetic_splits
+from benchmarks.throughput import (DATASETS, MLP_DATASETS, STACKED_COLUMNS, format_row, format_stacked_row, measure,
+                                   measure_stacked, parse_options, projection_lines, protocol_steps, synthetic_splits)
 from datasets import get_dataset_class
 from utils.io import atomic_write_bytes
 
@@ -32,13 +32,12 @@ FLAG_SETS = {  # name -> throughput options; reported separately, the fast set b
 }
 PAPER_TABLE_RUNS = {"seq-cifar10": 2 * 2 * 3 * 10, "seq-cifar100": 2 * 2 * 3 * 10,  # methods x heads x buffers x seeds
                     "seq-tinyimg": 2 * 2 * 3 * 10}
-PROTOCOL = {"seq-cifar10": (50, 10000, 5), "seq-cifar100": (50, 5000, 10), "seq-tinyimg": (100, 10000, 10)}
-# dataset -> (epochs per task, training images per task, tasks) of the paper's protocol, batch 32
-
-
-def protocol_steps(dataset: str, batch_size: int = 32) -> int:
-    epochs, per_task, tasks = PROTOCOL[dataset]
-    return tasks * epochs * math.ceil(per_task / batch_size)
+# Stacked seeds: N seeds as one model (utils.stacked) for each N, ER and DER++ with the FNO head, by
+# dataset in this order until their share of the time budget is spent (smoke: N = 1, 2).
+STACKED_SEEDS, SMOKE_STACKED_SEEDS = (1, 4, 16, 64), (1, 2)
+STACKED_DATASETS, SMOKE_STACKED_DATASETS = ("seq-cifar10", "seq-mnist", "seq-cifar100", "seq-tinyimg"), \
+    ("seq-cifar10", "seq-mnist")  # the smoke run checks the ResNet and the MLP code paths
+STACKED_SHARE_S = 200.0  # of the budget (at most a third) kept for them: the single-run tables stop before it
 
 
 def cuda_tests(smoke: bool) -> str:
@@ -54,6 +53,48 @@ def measure_row(options: list, dataset: str, model: str, head: str, splits, buff
     opts = parse_options(options + ["--dataset", dataset, "--models", model, "--heads", head,
                                     "--buffer_size", str(buffer_size)])
     return measure(opts, dataset, model, head, splits)
+
+
+def stacked_section(opts, rows: dict, device: str, base: list, start: float, budget: float) -> tuple:
+    """Single and stacked rows for each dataset and method (FNO, fp32), and the CL table's device-hours at each
+    N; returns (report lines, failures).  The single row is the fp32 table's when it has one."""
+    seeds = SMOKE_STACKED_SEEDS if opts.smoke else STACKED_SEEDS
+    steps = ["--steps", "2", "--warmup", "1"] if opts.smoke else ["--steps", "20", "--warmup", "5"]
+    lines, failures = [], 0
+    rates = {"single": {}, **{n: {} for n in seeds}}
+    for dataset in SMOKE_STACKED_DATASETS if opts.smoke else STACKED_DATASETS:
+        # The MLP benchmark keeps its own backbone (the smoke run narrows only the ResNet).
+        flags = [f for f in base if f not in ("--backbone", "resnet18-narrow")] if dataset in MLP_DATASETS else base
+        splits = synthetic_splits(get_dataset_class(dataset), torch.device(device), 0)
+        for model in ("er", "derpp"):
+            for n in ("single",) + tuple(seeds):
+                label = f"{dataset} {model} fno {n} seeds"
+                if time.monotonic() - start > budget:
+                    lines.append(f"{label}: skipped (time budget of {budget:.0f} s spent)")
+                    continue
+                try:
+                    if n == "single":
+                        row = rows.get(("fp32 eager", dataset, model, "fno")) or \
+                            measure_row(flags, dataset, model, "fno", splits)
+                        rates["single"][(dataset, model, "fno")] = row["steps_s"]
+                    else:
+                        opts_n = parse_options(flags + steps + ["--dataset", dataset, "--models", model,
+                                                                "--heads", "fno", "--buffer_size", "200"])
+                        row = measure_stacked(opts_n, dataset, model, "fno", splits, n)
+                        rates[n][(dataset, model, "fno")] = row["run_steps_s"]
+                    lines.append(format_stacked_row(row))
+                except Exception as exc:  # reported, never fatal (out of memory at large N is a finding)
+                    lines.append(f"{label}: FAILED {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+                    traceback.print_exc()
+                    failures += 1
+        del splits
+    title = " | ".join(t for t, _ in STACKED_COLUMNS)
+    report = ["## Stacked seeds (main.py --seeds): single and stacked, FNO, fp32", "",
+              "run-steps/s: optimizer steps of all the stacked runs per second; img/s: their stream images per "
+              "second; ms/step: one stacked step", "", "```", title, *lines, "```", "",
+              "The paper's CL table (4 benchmarks x ER, DER++ x FC, FNO x 3 buffers x 10 seeds = 480 runs) at "
+              "these rates:", "", *projection_lines(rates, device), ""]
+    return report, failures
 
 
 def main(argv=None) -> int:
@@ -78,10 +119,11 @@ def main(argv=None) -> int:
     report += ["## CUDA tests", "", "```", cuda_tests(opts.smoke), "```", ""]
 
     rows, failures = {}, 0
+    single_budget = budget - min(STACKED_SHARE_S, budget / 3)
     for flag_name, flags in FLAG_SETS.items():
         if opts.smoke and "--compile" in flags:  # CPU inductor builds take minutes: keep the flags, skip compiling
             flags = flags[:flags.index("--compile")] + ["--compile", "0"]
-        report += [f"## Throughput, {flag_name} (single run; stacked seeds: not implemented yet)", "",
+        report += [f"## Throughput, {flag_name} (single run; stacked seeds: below)", "",
                    "```", " | ".join(t for t in ("dataset", "model", "head", "steps/s", "img/s", "ms/step",
                                                    "eval img/s", "eval s (imgs)", "peak dev MiB (reserved)",
                                                    "peak RSS MiB")), "```", ""]
@@ -91,8 +133,8 @@ def main(argv=None) -> int:
             for model in ("er", "derpp"):
                 for head in ("fc", "fno"):
                     label = f"{dataset} {model} {head}"
-                    if time.monotonic() - start > budget:
-                        lines.append(f"{label}: skipped (time budget of {budget:.0f} s spent)")
+                    if time.monotonic() - start > single_budget:
+                        lines.append(f"{label}: skipped (time budget of {single_budget:.0f} s spent)")
                         continue
                     try:
                         row = measure_row(base + flags, dataset, model, head, splits)
@@ -104,6 +146,10 @@ def main(argv=None) -> int:
                         failures += 1
             del splits
         report[-2:-2] = lines
+
+    stacked_report, stacked_failures = stacked_section(opts, rows, device, base, start, budget)
+    report += stacked_report
+    failures += stacked_failures
 
     report += ["## Protocol projections (from the measured training rates; evaluation not included)", ""]
     for flag_name in FLAG_SETS:
