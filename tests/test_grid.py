@@ -37,7 +37,8 @@ PROGRAM = textwrap.dedent("""
 
     def record(event, **more):
         with open(os.environ["LEDGER"], "a") as f:
-            f.write(json.dumps({"event": event, "name": name, "pid": os.getpid(), "t": time.time(), **more}) + "\\n")
+            f.write(json.dumps({"event": event, "name": name, "pid": os.getpid(), "t": time.time(),
+                                "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), **more}) + "\\n")
 
     def finish():
         tmp = a.results_file + ".tmp"
@@ -267,7 +268,7 @@ def test_runs_die_with_a_killed_runner_and_a_restart_resumes_them_once(env):
 def test_interrupted_runner_stops_its_runs(env):
     sweep = make_sweep(env, seeds=(1, 2, 3), sleep=30.0)
     out = env / "R"
-    runner = subprocess.Popen(grid_command(sweep, out, "--jobs", "2"),
+    runner = subprocess.Popen(grid_command(sweep, out, "--jobs", "2", "--no_checkpoints"),
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert wait_for(lambda: len(events(env, "start")) == 2)
     runner.send_signal(signal.SIGINT)

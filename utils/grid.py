@@ -49,12 +49,14 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
+from utils import claims
 from utils.errors import UserError
 from utils.flags import DATA_PATH_ENV, canonical, results_name
 from utils.results import headline
 
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
 POLL_S = 0.1
+WAIT_S = 1.0      # how often runs claimed by other runners are looked at again
 STOP_GRACE_S = 10.0   # how long stopped runs get to exit cleanly before they are killed
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 RUNNER_FLAGS = ("results_file", "results_dir", "checkpoint_dir", "resume")  # the runner sets these itself
@@ -302,38 +304,101 @@ def finished_status(run: GridRun, returncode: int) -> Optional[str]:
     return f"exit {returncode}" if returncode != 0 else "exit 0 but no results file"
 
 
-def run_grid(runs: List[GridRun], jobs: int = 1, out=None) -> int:
-    """Run the runs whose results file does not exist yet, ``jobs`` at a time; return the number that failed.
+def visible_devices() -> List[str]:
+    """The CUDA devices runs may use: ``CUDA_VISIBLE_DEVICES`` when set, else every device torch sees."""
+    given = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if given is not None:
+        return [d.strip() for d in given.split(",") if d.strip() and d.strip() != "-1"]
+    try:
+        import torch
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:
+        return []
 
+
+def device_slots(gpus: List[str], per_gpu: int = 1, jobs: Optional[int] = None) -> List[Optional[str]]:
+    """One entry per run that may go at once: the device it is pinned to (``None``: no pinning, the CPU).
+
+    With devices, ``per_gpu`` runs per device, spread over the devices first (0,1,0,1); ``jobs`` caps the
+    total.  Without devices, ``jobs`` runs (default 1)."""
+    if not gpus:
+        return [None] * (jobs or 1)
+    slots = [g for _ in range(per_gpu) for g in gpus]
+    return slots[:jobs] if jobs else slots
+
+
+def run_grid(runs: List[GridRun], jobs: int = 1, out=None, slots: Optional[List[Optional[str]]] = None,
+             claim_timeout_s: float = claims.CLAIM_TIMEOUT_S) -> int:
+    """Run the runs whose results file does not exist yet, one per slot (``jobs`` unpinned slots by default,
+    or ``slots``: each the CUDA device its run is pinned to); return the number that failed here.
+
+    Each run is claimed first (``utils.claims``): a run claimed by a live runner elsewhere is waited for,
+    one whose runner is gone is taken over, so runners sharing the results folder run each run once.
     However this ends (KeyboardInterrupt, which SIGTERM is mapped to, or any error), the runs still
-    going are stopped first and what each of them left is printed.
+    going are stopped first, what each of them left is printed and their claims are released.
     """
     out = out or sys.stdout
+    slots = list(slots) if slots else [None] * jobs
     pending = [r for r in runs if not os.path.exists(r.results_file)]
     total, done_before = len(runs), len(runs) - len(pending)
-    print(f"{total} runs, {done_before} already done, {len(pending)} to run, {jobs} at a time", file=out, flush=True)
-    env = child_environment(jobs)
+    where = ", ".join(f"device {d}" for d in dict.fromkeys(slots)) if slots[0] is not None else "no device pinning"
+    print(f"{total} runs, {done_before} already done, {len(pending)} to run, {len(slots)} at a time ({where})",
+          file=out, flush=True)
+    base_env = child_environment(len(slots))
     running: Dict[subprocess.Popen, tuple] = {}
     failed: List[str] = []
-    finished = 0
-    start = time.monotonic()
+    finished = elsewhere = 0
+    start = last_beat = time.monotonic()
+    waiting_said = False
     try:
         while pending or running:
-            while pending and len(running) < jobs:
-                run = pending.pop(0)
-                proc, log = start_run(run, env)
-                running[proc] = (run, log, time.monotonic())
-                print(f"{'':>{2 * len(str(total)) + 3}} start {run.label}", file=out, flush=True)
+            free = [s for s in range(len(slots)) if s not in {v[4] for v in running.values()}]
+            for run in list(pending):
+                if not free:
+                    break
+                if os.path.exists(run.results_file):
+                    pending.remove(run)
+                    elsewhere += 1
+                    continue
+                claim = claims.try_claim(run.results_file, claim_timeout_s)
+                if claim is None:
+                    continue  # a live runner has it: looked at again later
+                if os.path.exists(run.results_file):  # finished by another runner since we looked
+                    claim.release()
+                    pending.remove(run)
+                    elsewhere += 1
+                    continue
+                pending.remove(run)
+                slot = free.pop(0)
+                env = dict(base_env)
+                if slots[slot] is not None:
+                    env["CUDA_VISIBLE_DEVICES"] = slots[slot]
+                try:
+                    proc, log = start_run(run, env)
+                except BaseException:
+                    claim.release()
+                    raise
+                running[proc] = (run, log, time.monotonic(), claim, slot)
+                on = f" on device {slots[slot]}" if slots[slot] is not None else ""
+                print(f"{'':>{2 * len(str(total)) + 3}} start {run.label}{on}", file=out, flush=True)
+            if time.monotonic() - last_beat > claims.HEARTBEAT_S:
+                for value in running.values():
+                    value[3].heartbeat()
+                last_beat = time.monotonic()
             exited = [p for p in running if p.poll() is not None]
             if not exited:
-                time.sleep(POLL_S)
+                if pending and not running and not waiting_said:
+                    print(f"waiting for {len(pending)} run(s) claimed by other runners", file=out, flush=True)
+                    waiting_said = True
+                time.sleep(POLL_S if running else WAIT_S)
                 continue
             for proc in exited:
-                run, log, began = running.pop(proc)
+                run, log, began, claim, _ = running.pop(proc)
                 log.close()
                 finished += 1
                 took = time.monotonic() - began
                 why = finished_status(run, proc.returncode)
+                claim.release()
                 if why is None:
                     status = f"done  {run.label}  {took:.1f}s  {headline(run.results_file)}"
                 else:
@@ -341,16 +406,19 @@ def run_grid(runs: List[GridRun], jobs: int = 1, out=None) -> int:
                     status = f"FAILED ({why}) {run.label}: {_log_tail(run.log_file)}  [log: {run.log_file}]"
                 elapsed = time.monotonic() - start
                 eta = elapsed / finished * (len(pending) + len(running))
-                print(f"[{done_before + finished:>{len(str(total))}}/{total}] {status}  "
+                print(f"[{done_before + elsewhere + finished:>{len(str(total))}}/{total}] {status}  "
                       f"(elapsed {_clock(elapsed)}, left ~{_clock(eta)})", file=out, flush=True)
     except BaseException as exc:
         stop_runs(running)
         if running or isinstance(exc, KeyboardInterrupt):
             print(f"{'interrupted' if isinstance(exc, KeyboardInterrupt) else 'stopping on an error'}: "
                   f"stopped {len(running)} running run(s); rerun the same command to continue", file=out, flush=True)
-        for run, _, _ in running.values():
+        for run, _, _, claim, _ in running.values():
             print(f"  {run.label}: {left_behind(run)}", file=out, flush=True)
+            claim.release()
         raise
+    if elsewhere:
+        print(f"{elsewhere} run(s) were done by other runners", file=out, flush=True)
     if failed:
         print(f"{len(failed)} run(s) failed (their logs are in {os.path.dirname(runs[0].log_file)}): "
               + "; ".join(failed), file=out, flush=True)
@@ -388,7 +456,7 @@ def stop_runs(running: Dict[subprocess.Popen, tuple], grace_s: float = STOP_GRAC
         if proc.poll() is None:
             _signal_group(proc, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    for proc, (run, log, _) in running.items():
+    for proc, (run, log, *_) in running.items():
         try:
             proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -412,10 +480,19 @@ def main(argv: Optional[list] = None) -> int:
                                        "they are part of the results name unless operational (utils/flags.py)")
     p.add_argument("sweep", help="a wandb sweep file with method: grid (e.g. sweeps/seq-digits.yaml)")
     p.add_argument("--results_dir", required=True, help="where the results files (and logs/) go")
-    p.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
-    p.add_argument("--checkpoints", action="store_true",
-                   help="checkpoint each run after every task (under DIR/checkpoints) and resume interrupted runs "
-                        "from there on restart; the program must take --checkpoint_dir and --resume (main.py does)")
+    p.add_argument("--jobs", type=int, help="runs at once (default: 1 without CUDA devices; with devices, "
+                                             "--per_gpu per device, and --jobs caps the total)")
+    p.add_argument("--gpus", help="CUDA devices to pin runs to, e.g. 0,1,2,3 (default: every visible device; "
+                                  "'none': no pinning); each run gets CUDA_VISIBLE_DEVICES=<its device>")
+    p.add_argument("--per_gpu", type=int, default=1, help="runs at once on each device (default 1)")
+    p.add_argument("--checkpoints", action="store_true", default=True,
+                   help="(the default) checkpoint each run after every task (under DIR/checkpoints) and resume "
+                        "interrupted runs from there on restart; the program must take --checkpoint_dir and --resume")
+    p.add_argument("--no_checkpoints", dest="checkpoints", action="store_false",
+                   help="no checkpoints: an interrupted run starts over")
+    p.add_argument("--claim_timeout", type=float, default=claims.CLAIM_TIMEOUT_S,
+                   help=f"seconds without a heartbeat after which another host's claim on a run is taken over "
+                        f"(default {claims.CLAIM_TIMEOUT_S:g})")
     p.add_argument("--set", action="append", nargs="+", default=[], metavar="KEY=VALUES",
                    help="replace (or add) a sweep parameter's values, separated by commas or spaces: "
                         "--set seed=1,2,3 or --set seed=1 2 3 (repeatable)")
@@ -423,8 +500,10 @@ def main(argv: Optional[list] = None) -> int:
                                        f"or the program's)")
     p.add_argument("--dry_run", action="store_true", help="print the commands of the runs still to do and exit")
     args = p.parse_args(argv)
-    if args.jobs < 1:
+    if args.jobs is not None and args.jobs < 1:
         p.error(f"--jobs must be at least 1, got {args.jobs}")
+    if args.per_gpu < 1:
+        p.error(f"--per_gpu must be at least 1, got {args.per_gpu}")
     data_path = args.data_path if args.data_path is not None else os.environ.get(DATA_PATH_ENV) or None
     try:
         overrides = parse_set([token for group in args.set for token in group])
@@ -440,9 +519,16 @@ def main(argv: Optional[list] = None) -> int:
         return 0
     if data_path is not None and args.data_path is None:
         print(f"--data_path {data_path} (from ${DATA_PATH_ENV})", flush=True)
+    if args.gpus is None:
+        gpus = visible_devices()
+    elif args.gpus.strip().lower() in ("none", ""):
+        gpus = []
+    else:
+        gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
+    slots = device_slots(gpus, args.per_gpu, args.jobs)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # stopped like Ctrl-C: the runs are stopped too
     try:
-        return 1 if run_grid(runs, args.jobs) else 0
+        return 1 if run_grid(runs, slots=slots, claim_timeout_s=args.claim_timeout) else 0
     except KeyboardInterrupt:
         return 130
     finally:
