@@ -29,6 +29,7 @@ class Recorder:
     def __init__(self, fail=None, logged_in=True):
         self.fail, self.logged_in = fail, logged_in
         self.init_kwargs, self.logged, self.summary, self.finished = None, [], {}, []
+        self.preempting = 0
         self.module = types.SimpleNamespace(init=self.init, login=self.login,
                                             Settings=lambda **kwargs: types.SimpleNamespace(**kwargs))
 
@@ -62,6 +63,10 @@ class Recorder:
 
             def finish(self, exit_code=0):
                 recorder.finished.append(exit_code)
+
+            def mark_preempting(self):
+                recorder._maybe_fail("mark_preempting")
+                recorder.preempting += 1
 
         return Run()
 
@@ -216,3 +221,44 @@ def test_real_wandb_offline_run(tmp_path):
     assert len(runs) == 1
     assert any(f.endswith(".wandb") for f in os.listdir(tmp_path / "wandb" / runs[0]))
     assert json.loads(out.read_text())["class_il"] > 20
+
+
+def sigterm_at_task_3(monkeypatch):
+    """A SIGTERM (a scheduler preempting the job) sent to this process mid-way through task 3."""
+    import signal
+    from utils.progress import ProgressBar
+
+    def update(self, label, step, total, loss):
+        if label.startswith("Task 3/") and step == 7:
+            os.kill(os.getpid(), signal.SIGTERM)
+    monkeypatch.setattr(ProgressBar, "update", update)
+
+
+def test_sigterm_checkpoints_marks_preempting_and_the_resumed_run_is_identical(fake_wandb, monkeypatch, tmp_path,
+                                                                                capsys, reference):
+    from utils.wandb_logger import RESULTS_KEY
+    wandb = fake_wandb()
+    out, ckpt = tmp_path / "r.json", tmp_path / "ckpt"
+    argv = RUN + ["--wandb_project", "p", "--results_file", str(out), "--checkpoint_dir", str(ckpt), "--resume"]
+    with monkeypatch.context() as m:
+        sigterm_at_task_3(m)
+        assert main.main(argv) == 130  # non-zero: wandb requeues a preempting run that exits so
+    assert not out.exists() and os.listdir(ckpt)
+    assert wandb.preempting == 1 and wandb.finished == [130]
+    assert main.main(argv) == 0  # what a requeued run (the sweep's --checkpoint_dir --resume) does
+    assert wandb.init_kwargs["id"] == "run123" and wandb.init_kwargs["resume"] == "allow"
+    assert wandb.preempting == 1 and wandb.finished == [130, 0]
+    with open(out) as f:
+        results = json.load(f)
+    assert accuracies(results) == accuracies(reference)
+    assert json.loads(wandb.summary[RESULTS_KEY]) == results  # the summary holds the results file
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_failed_mark_preempting_is_one_warning_and_the_run_still_closes(fake_wandb, capsys):
+    wandb = fake_wandb(fail="mark_preempting")
+    logger = WandbLogger(parse_args(RUN + ["--wandb_project", "p"]))
+    logger.finish(exit_code=130)
+    assert wandb.finished == [130] and wandb.preempting == 0
+    err = capsys.readouterr().err
+    assert err.count("warning: wandb mark_preempting failed") == 1

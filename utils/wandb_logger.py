@@ -19,12 +19,15 @@ final metrics in the run summary.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
 from typing import Optional
 
 LOSS_EVERY = 50
+RESULTS_KEY = "results_json"  # the run summary's copy of the results file (utils.summarize --wandb reads it)
+INTERRUPTED = 130  # the exit code of a run stopped by SIGTERM / Ctrl-C with its checkpoint kept
 INIT_TIMEOUT_S = 10.0
 INIT_TIMEOUT_ENV = "WANDB_INIT_TIMEOUT"  # wandb's own variable for the same setting
 
@@ -135,18 +138,38 @@ class WandbLogger:
         self._guard("log", lambda: self.run.log(row))
 
     def finish(self, results: Optional[dict] = None, exit_code: int = 0) -> None:
-        """Final metrics into the run summary (when given), then close the run."""
+        """Final metrics into the run summary (when given), then close the run.
+
+        The summary also holds the whole results file as JSON text (``RESULTS_KEY``), from which
+        ``python -m utils.summarize --wandb`` builds the same tables as from the files.  An interrupted
+        run (exit code ``INTERRUPTED``: SIGTERM from a scheduler or agent, its checkpoint kept) is first
+        marked as preempting, so that a wandb sweep requeues it and its next agent resumes it."""
         if self.run is None:
             return
         if results is not None:
             final = {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            final[RESULTS_KEY] = json.dumps(results, sort_keys=True)
             self._guard("summary", lambda: self.run.summary.update(final))
+        if exit_code == INTERRUPTED and self.run is not None:
+            self.mark_preempting()
         if self.run is not None:
             run, self.run = self.run, None
             try:
                 run.finish(exit_code=exit_code)
             except Exception as exc:
                 self._warn("finish", exc)
+
+
+    def mark_preempting(self) -> None:
+        """Tell wandb the run is being preempted (requeued by its sweep); never fatal: a failure is one
+        warning and the run is still closed normally."""
+        mark = getattr(self.run, "mark_preempting", None)
+        if self.run is None or mark is None:
+            return
+        try:
+            mark()
+        except Exception as exc:
+            self._warn("mark_preempting", exc)
 
 
 def _has_credentials(wandb) -> bool:
