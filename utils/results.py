@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from utils.flags import OPERATIONAL_FLAGS, canonical
 
@@ -177,28 +177,70 @@ def read_directory(directory: str, report=print) -> List[dict]:
     copy of a run (same setting, identity, seed and partial mark) as
     ``skipped PATH: the same run ... as FIRST``.  Neither is returned.
     """
+    def files():
+        for root, dirs, names in os.walk(directory):
+            dirs.sort()
+            for name in sorted(names):
+                if name.endswith(".json"):
+                    path = os.path.join(root, name)
+                    yield path, lambda path=path: load(path)
+    return read_sources(files(), report)
+
+
+def read_sources(sources: Iterable[Tuple[str, Callable[[], dict]]], report=print) -> List[dict]:
+    """The records of ``(where, load)`` pairs (``load()`` gives the results mapping or raises
+    ``ResultsError``), each unusable or repeated one reported by its ``where`` and left out."""
     flags_of_heads = head_flags()
     records: List[dict] = []
     seen: Dict[Tuple, str] = {}
-    for root, dirs, files in os.walk(directory):
-        dirs.sort()
-        for name in sorted(files):
-            if not name.endswith(".json"):
-                continue
-            path = os.path.join(root, name)
-            try:
-                rec = record(path, load(path), flags_of_heads)
-            except ResultsError as exc:
-                report(f"skipped {path}: {exc}")
-                continue
-            key = (rec["setting"], json.dumps(rec["identity"], sort_keys=True, default=str), rec["seed"],
-                   rec["partial"])
-            if key in seen:
-                report(f"skipped {path}: the same run (same arguments and seed) as {seen[key]}")
-                continue
-            seen[key] = path
-            records.append(rec)
+    for where, load_results in sources:
+        try:
+            rec = record(where, load_results(), flags_of_heads)
+        except ResultsError as exc:
+            report(f"skipped {where}: {exc}")
+            continue
+        key = (rec["setting"], json.dumps(rec["identity"], sort_keys=True, default=str), rec["seed"],
+               rec["partial"])
+        if key in seen:
+            report(f"skipped {where}: the same run (same arguments and seed) as {seen[key]}")
+            continue
+        seen[key] = where
+        records.append(rec)
     return records
+
+
+def wandb_results(run) -> dict:
+    """The results file a finished wandb run keeps in its summary (``WandbLogger.finish``), or ``ResultsError``."""
+    from utils.wandb_logger import RESULTS_KEY
+    try:
+        text = run.summary.get(RESULTS_KEY)
+    except Exception as exc:
+        raise ResultsError(f"cannot read its summary ({type(exc).__name__}: {exc})") from None
+    if text is None:
+        raise ResultsError(f"its summary has no {RESULTS_KEY!r} (logged by an older version, or not finished)")
+    try:
+        results = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise ResultsError(f"its {RESULTS_KEY!r} is not valid JSON ({exc})") from None
+    if not isinstance(results, dict) or not isinstance(results.get("args"), dict):
+        raise ResultsError("not a results file (no 'args' mapping)")
+    return results
+
+
+def read_wandb(api, project: str, sweep: Optional[str] = None, report=print) -> List[dict]:
+    """The records of the finished runs of a wandb project ``ENTITY/PROJECT`` (of one sweep when given),
+    read through ``api`` (``wandb.Api()``, or any object with its ``runs`` and ``sweep`` methods), in run
+    name order; runs not finished are reported and left out."""
+    runs = list(api.sweep(f"{project}/{sweep}").runs if sweep else api.runs(project))
+    runs.sort(key=lambda run: (str(getattr(run, "name", "") or ""), str(run.id)))
+    sources = []
+    for run in runs:
+        where = f"wandb:{project}/{run.id}"
+        if run.state != "finished":
+            report(f"skipped {where}: state {run.state}")
+            continue
+        sources.append((where, lambda run=run: wandb_results(run)))
+    return read_sources(sources, report)
 
 
 def headline(path: str) -> str:

@@ -23,6 +23,11 @@ the best mean validation Class-IL and reports their test accuracy.  Runs marked
 ``"partial": true`` (debug / smoke runs) are never mixed with full runs: they are
 left out, or summarized apart with ``--include_partial``.
 
+``--wandb ENTITY/PROJECT [--sweep ID]`` reads the same results from the
+finished wandb runs instead (each run's summary keeps its results file, see
+``utils.wandb_logger``), so runs spread over machines need no copying; the
+tables go to DIR (default ``results/wandb/ENTITY-PROJECT[-ID]``).
+
 Every ``*.json`` under DIR is read (``utils.results``); a file that cannot be
 read, is not a results file or lacks a field is reported by name and left out.
 The tables are printed and written beside the results as ``summary.csv`` (one
@@ -42,7 +47,7 @@ from scipy import stats as scipy_stats
 
 from utils import plots
 from utils.io import atomic_write_bytes
-from utils.results import CL_METRICS, LT_EPOCHS, LT_METRICS, lt_key, read_directory
+from utils.results import CL_METRICS, LT_EPOCHS, LT_METRICS, lt_key, read_directory, read_wandb
 
 BENCHMARK_ORDER = ("seq-digits", "seq-mnist", "seq-cifar10", "seq-cifar100", "seq-tinyimg")
 BASELINE_HEAD = "fc"
@@ -545,12 +550,19 @@ def summarize_part(records: List[dict], report, select_on: Optional[str] = None,
 
 
 def summarize(directory: str, plots_dir: Optional[str] = None, latex: Optional[str] = None,
-              select_on: Optional[str] = None, include_partial: bool = False, out=None) -> int:
-    """Print (to ``out``, default stdout) and write the tables; return the number of results files used.
+              select_on: Optional[str] = None, include_partial: bool = False, out=None,
+              records: Optional[List[dict]] = None, source: Optional[str] = None) -> int:
+    """Print (to ``out``, default stdout) and write the tables into ``directory``; return the number of
+    results used.  The results are the files under ``directory``, or ``records`` when given (read from
+    elsewhere, e.g. ``read_wandb``; ``source`` names where for the messages).
 
     Raises ``SelectionError`` when ``select_on`` cannot be done."""
     report = lambda line: print(line, file=out or sys.stdout, flush=True)
-    records = read_directory(directory, report)
+    if records is None:
+        records = read_directory(directory, report)
+    else:
+        os.makedirs(directory, exist_ok=True)
+    source = source or directory
     full = [r for r in records if not r["partial"]]
     partial = [r for r in records if r["partial"]]
     if partial and not include_partial:
@@ -562,7 +574,7 @@ def summarize(directory: str, plots_dir: Optional[str] = None, latex: Optional[s
                       latex and _suffixed(latex, "_partial")))
     parts = [p for p in parts if p[0]]
     if not parts:
-        report(f"no usable results files under {directory}")
+        report(f"no usable results files under {directory}" if source == directory else f"no usable results in {source}")
         return 0
     cl_runs = [r for runs, *_ in parts for r in runs if r["setting"] == "cl"]
     if select_on == "validation" and cl_runs and all(math.isnan(r["val_class_il"]) for r in cl_runs):
@@ -580,10 +592,17 @@ def summarize(directory: str, plots_dir: Optional[str] = None, latex: Optional[s
     return sum(len(runs) for runs, *_ in parts)
 
 
-def main(argv: Optional[list] = None) -> int:
+def main(argv: Optional[list] = None, api=None) -> int:
+    """The command; ``api`` stands for ``wandb.Api()`` (tests pass an object with the same methods)."""
     from utils.cli import OneLineParser
     p = OneLineParser(prog="python -m utils.summarize", description=__doc__.split("\n\n")[0])
-    p.add_argument("directory", help="directory searched recursively for results files (*.json)")
+    p.add_argument("directory", nargs="?",
+                   help="directory searched recursively for results files (*.json); with --wandb, where the "
+                        "tables are written (default results/wandb/ENTITY-PROJECT[-SWEEP])")
+    p.add_argument("--wandb", metavar="ENTITY/PROJECT",
+                   help="read the results from the finished runs of this wandb project (their summaries, through "
+                        "the wandb API) instead of from files: runs spread over machines need no copying")
+    p.add_argument("--sweep", metavar="ID", help="with --wandb: only the runs of this sweep")
     p.add_argument("--plots", metavar="OUT", help="also write PNG plots into OUT (needs matplotlib)")
     p.add_argument("--latex", metavar="OUT.tex", help="also write the paper-style table as a LaTeX document")
     p.add_argument("--select_on", choices=("validation",),
@@ -592,10 +611,32 @@ def main(argv: Optional[list] = None) -> int:
     p.add_argument("--include_partial", action="store_true",
                    help="also summarize runs marked partial (debug / smoke runs), apart from the full runs")
     args = p.parse_args(argv)
-    if not os.path.isdir(args.directory):
+    records = source = None
+    if args.wandb:
+        if args.wandb.count("/") != 1 or not all(args.wandb.split("/")):
+            p.error(f"--wandb needs ENTITY/PROJECT, got {args.wandb!r}")
+        if args.directory is None:
+            args.directory = os.path.join("results", "wandb", args.wandb.replace("/", "-")
+                                          + (f"-{args.sweep}" if args.sweep else ""))
+        source = f"wandb:{args.wandb}" + (f" sweep {args.sweep}" if args.sweep else "")
+        try:
+            if api is None:
+                import wandb
+                api = wandb.Api()
+            records = read_wandb(api, args.wandb, args.sweep, print)
+        except Exception as exc:
+            from utils.wandb_logger import one_line
+            print(f"{p.prog}: error: cannot read {source}: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
+            return 2
+    elif args.sweep:
+        p.error("--sweep needs --wandb")
+    elif args.directory is None:
+        p.error("give a results directory, or --wandb ENTITY/PROJECT")
+    elif not os.path.isdir(args.directory):
         p.error(f"{args.directory} is not a directory")
     try:
-        used = summarize(args.directory, args.plots, args.latex, args.select_on, args.include_partial)
+        used = summarize(args.directory, args.plots, args.latex, args.select_on, args.include_partial,
+                         records=records, source=source)
     except SelectionError as exc:
         print(f"{p.prog}: error: {exc}", file=sys.stderr)
         return 2
