@@ -23,10 +23,20 @@ is simply run again: the runner can be stopped and restarted at any time, and
 each run ends up exactly once in DIR.  ``main.py --results_dir DIR`` names the
 file with the same function, which is how wandb agents fill the same directory.
 
-With ``--checkpoints`` each run also keeps a checkpoint in
-``DIR/checkpoints/<name>/`` (``--checkpoint_dir ... --resume``), so a restarted
-grid continues an interrupted run from its last completed task instead of from
-the start; the checkpoint is deleted once the run's results file is written.
+Each run also keeps a checkpoint in ``DIR/checkpoints/<name>/`` (``--checkpoint_dir ... --resume``;
+the default, ``--no_checkpoints`` turns it off), so a restarted grid continues an interrupted
+run from its last completed task instead of from the start; the checkpoint is deleted once the
+run's results file is written.
+
+Devices: with CUDA devices (``--gpus 0,1,2,3``, default every visible one) each run is pinned
+to one device through ``CUDA_VISIBLE_DEVICES``, ``--per_gpu K`` runs per device at once
+(``--jobs`` then caps the total); without devices ``--jobs N`` runs go at once on the CPU.
+
+Many runners, one folder: before starting a run the runner claims it (``utils.claims``: an
+atomic file create, ``DIR/<name>.claim``, with a heartbeat), so any number of runners on any
+number of machines sharing DIR (NFS) run every run once; a run claimed by a live runner is
+waited for, one whose runner died is taken over.  ``--slurm`` submits the pending runs as a
+SLURM job array instead (``utils.slurm``).
 
 Runs never outlive the runner: each starts in its own process group, which
 the runner stops with SIGTERM when it is stopped (Ctrl-C, SIGTERM), and on
@@ -493,6 +503,15 @@ def main(argv: Optional[list] = None) -> int:
     p.add_argument("--claim_timeout", type=float, default=claims.CLAIM_TIMEOUT_S,
                    help=f"seconds without a heartbeat after which another host's claim on a run is taken over "
                         f"(default {claims.CLAIM_TIMEOUT_S:g})")
+    p.add_argument("--slurm", action="store_true",
+                   help="submit the pending runs as one SLURM job array through submitit (utils/slurm.py) "
+                        "instead of running them here")
+    p.add_argument("--slurm_partition", help="SLURM partition")
+    p.add_argument("--slurm_gpus_per_task", type=int, default=1, help="GPUs per array task (default 1)")
+    p.add_argument("--slurm_array_parallelism", type=int, default=32, help="array tasks at once (default 32)")
+    p.add_argument("--slurm_time", type=int, default=24 * 60, help="minutes per task (default 1440)")
+    p.add_argument("--slurm_local", action="store_true",
+                   help="run the array with submitit's local executor on this machine (a test of the SLURM path)")
     p.add_argument("--set", action="append", nargs="+", default=[], metavar="KEY=VALUES",
                    help="replace (or add) a sweep parameter's values, separated by commas or spaces: "
                         "--set seed=1,2,3 or --set seed=1 2 3 (repeatable)")
@@ -519,6 +538,9 @@ def main(argv: Optional[list] = None) -> int:
         return 0
     if data_path is not None and args.data_path is None:
         print(f"--data_path {data_path} (from ${DATA_PATH_ENV})", flush=True)
+    if args.slurm or args.slurm_local:
+        from utils import slurm
+        return slurm.submit(runs, args, out=sys.stdout)
     if args.gpus is None:
         gpus = visible_devices()
     elif args.gpus.strip().lower() in ("none", ""):
