@@ -4,6 +4,7 @@ from __future__ import annotations
 from datasets import register_dataset
 from datasets.utils.cifar_io import load_cifar
 from datasets.utils.continual_dataset import ContinualDataset
+from datasets.utils import normalisation
 from datasets.utils.transforms import DeviceTransform
 
 
@@ -23,7 +24,7 @@ class SequentialCIFAR10(ContinualDataset):
     BACKBONE = "resnet18"
     N_EPOCHS = 50
     BATCH_SIZE = 32
-    TRANSFORM = DeviceTransform(scale=255.0, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2615),
+    TRANSFORM = DeviceTransform(255.0, *normalisation.CIFAR10,
                                 crop_padding=4, flip=True)
 
     def read_splits(self):

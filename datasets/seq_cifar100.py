@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from datasets import register_dataset
 from datasets.seq_cifar10 import SequentialCIFAR10
+from datasets.utils import normalisation
 from datasets.utils.transforms import DeviceTransform
 
 
@@ -17,7 +18,7 @@ class SequentialCIFAR100(SequentialCIFAR10):
     CIFAR_VARIANT = "cifar100"
     N_TASKS = 10
     N_CLASSES_PER_TASK = 10
-    TRANSFORM = DeviceTransform(scale=255.0, mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
+    TRANSFORM = DeviceTransform(255.0, *normalisation.CIFAR100,
                                 crop_padding=4, flip=True)
     LR_MILESTONES = (35, 45)
     LR_GAMMA = 0.1

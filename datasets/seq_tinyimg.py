@@ -4,6 +4,7 @@ from __future__ import annotations
 from datasets import register_dataset
 from datasets.utils.continual_dataset import ContinualDataset
 from datasets.utils.tinyimagenet import load_tinyimagenet, tinyimagenet_folder
+from datasets.utils import normalisation
 from datasets.utils.transforms import DeviceTransform
 from utils.errors import DataError
 
@@ -24,7 +25,7 @@ class SequentialTinyImageNet(ContinualDataset):
     BACKBONE = "resnet18"
     N_EPOCHS = 100
     BATCH_SIZE = 32
-    TRANSFORM = DeviceTransform(scale=255.0, mean=(0.4802, 0.4480, 0.3975), std=(0.2770, 0.2691, 0.2821),
+    TRANSFORM = DeviceTransform(255.0, *normalisation.TINY_IMAGENET,
                                 crop_padding=4, flip=True)
 
     def read_splits(self):

@@ -1,7 +1,6 @@
 """The base class of every continual-learning method."""
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -9,6 +8,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from utils.amp import autocast as amp_autocast
 from utils.buffer import ReservoirBuffer
 from utils.losses import masked_cross_entropy
 
@@ -114,10 +114,8 @@ class ContinualModel(nn.Module):
         return {"buffer": self.setting.buffer_generator}
 
     def autocast(self):
-        """bf16 autocast when ``--amp bf16``, otherwise nothing."""
-        if self.args.amp == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """The autocast context of ``--amp`` (the one definition both trainers use)."""
+        return amp_autocast(self.args.amp, self.device)
 
     def stream_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the current stream batch, masked to each sample's task when enabled."""

@@ -13,7 +13,8 @@ import re
 from typing import Dict
 
 OPERATIONAL_FLAGS = frozenset({
-    "results_file", "results_dir", "checkpoint_dir", "resume", "data_path", "rebuild_cache", "device",
+    "results_file", "results_dir", "checkpoint_dir", "checkpoint_every", "resume", "data_path", "rebuild_cache",
+    "device",
     "nowand", "wandb_project", "wandb_entity", "wandb_name",
 })
 MAY_CHANGE_ON_RESUME = OPERATIONAL_FLAGS - {"device"}
