@@ -15,7 +15,8 @@ from utils.stacked import (StackedBuffer, parse_seeds, run_stacked, seed_args, s
 from utils.training import build_run, run_experiment, stages, train_stage
 
 SEEDS = [1, 2, 3]
-TIMING = ("wall_time_s", "train_time_s", "start_time")
+# When and from which commit a run started differ between a stacked run and single runs made after it.
+TIMING = ("wall_time_s", "train_time_s", "start_time", "git_commit", "git_dirty")
 
 
 def digits_args(*flags):
