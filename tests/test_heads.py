@@ -70,3 +70,12 @@ def test_new_heads_run_the_demo_protocol(make_args, classifier):
                      "--buffer_size", "200", "--load_best_args", "--n_epochs", "1")
     res = run_experiment(args, log=lambda *a: None)
     assert res["class_il"] > 30 and res["args"]["classifier"] == classifier
+
+
+def test_fno_scale_flag_reaches_the_built_head(make_args):
+    from utils.training import build_run
+    flags = ("--dataset", "seq-digits", "--model", "sgd", "--lr", "0.1", "--classifier", "fno")
+    with_scale = build_run(make_args(*flags)).model.net.head
+    without = build_run(make_args(*flags, "--fno_scale", "0")).model.net.head
+    assert [n for n, _ in with_scale.named_parameters()] == ["scale"]
+    assert list(without.parameters()) == [] and torch.equal(without.weight, with_scale.weight)

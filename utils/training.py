@@ -64,7 +64,7 @@ def build_network(args, dataset: ContinualDataset) -> Network:
     and the FNO partition comes from its own generator, so FC and FNO runs share every shared layer."""
     backbone = get_backbone_class(args.backbone)(dataset.INPUT_SHAPE)
     head = make_head(args.classifier, backbone.feature_dim, dataset.num_classes,
-                     make_generator(args.seed, "fno-partition"))
+                     make_generator(args.seed, "fno-partition"), args)
     if hasattr(backbone, "init_head"):  # a backbone whose reference code also initialises the classifier
         backbone.init_head(head)
     return Network(backbone, head)
