@@ -194,3 +194,23 @@ def test_seed_lists_parse():
     for bad in ("3-1", "1,1", "x", "1-3,2", ""):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_seeds(bad)
+
+
+def test_each_seed_writes_its_single_runs_results_file(tmp_path):
+    """main.py --seeds (run_seeds_and_write): every seed's file under a results folder has the name the single
+    run with --seed S gives it (results_template), and holds that seed's results."""
+    import json
+    import os
+
+    from utils.flags import results_name
+    from utils.stacked import results_template, run_seeds_and_write
+    explicit = {"dataset": "seq-digits", "model": "sgd", "lr": 0.1, "n_epochs": 1, "device": "cpu"}
+    template = results_template(str(tmp_path), explicit, [1, 2])
+    assert template.replace("{seed}", "2") == os.path.join(str(tmp_path), results_name({**explicit, "seed": 2}) + ".json")
+    args = digits_args("--model", "sgd", "--lr", "0.1", "--n_epochs", "1", "--results_file", template)
+    args.seeds = [1, 2]
+    run_seeds_and_write(args, lambda one, results: f"Class-IL {results['class_il']:.2f}")
+    for seed in (1, 2):
+        with open(template.replace("{seed}", str(seed))) as f:
+            written = json.load(f)
+        assert written["args"]["seed"] == seed and written["args"]["seeds"] is None

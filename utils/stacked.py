@@ -678,6 +678,24 @@ def finish_stage(run, data, stage: int, plan: list, history: dict, last_loss: fl
     log(task_line(run, data.task, history, last_loss))
 
 
+def run_seeds_and_write(args, headline: Callable[[object, dict], str]) -> None:
+    """``main.py --seeds``: every seed's outputs checked and locked (``utils.entry``, ``utils.runlock``)
+    before the stacked run, then every seed's headline printed and results file written as its single
+    run writes them.  Returns ``None``: nothing is left for the entry point to write."""
+    from utils.entry import check_outputs, save_results
+    from utils.runlock import run_lock
+    check_stackable(args, args.seeds)
+    per_seed = [seed_args(args, seed) for seed in args.seeds]
+    for one in per_seed:
+        check_outputs(one)
+    with run_lock(*[place for one in per_seed for place in (one.results_file, one.checkpoint_dir)]):
+        for one, results in zip(per_seed, run_stacked(args, args.seeds)):
+            print(f"seed {one.seed}: {headline(one, results)}", flush=True)
+            if one.results_file:
+                save_results(one, results)
+                print(f"Results written to {os.path.abspath(one.results_file)}", flush=True)
+
+
 def run_stacked(args, seeds: list, log=print, progress=None, step_hook=None) -> List[dict]:
     """Train and evaluate the runs of ``args`` with each of ``seeds`` as one stacked model; return, per
     seed, the results dictionary ``utils.training.run_experiment`` returns for that seed.
