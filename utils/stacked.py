@@ -124,6 +124,13 @@ def check_stackable(args, seeds: list) -> None:
     if args.model not in STEPS:
         raise UserError(f"--seeds: method {args.model} does not support stacked runs yet; run one process per "
                         f"seed (stacked: {', '.join(sorted(STEPS))})")
+    from models import get_model_class
+    from models.continual_model import ContinualModel
+    method = get_model_class(args.model)
+    if (method.build_optimizer, method.build_scheduler) != (ContinualModel.build_optimizer,
+                                                            ContinualModel.build_scheduler):
+        raise UserError(f"--seeds: method {args.model} builds its own optimizer or scheduler, which the stacked "
+                        f"trainer does not mirror yet; run one process per seed")
     if args.classifier not in HEADS:
         raise UserError(f"--seeds: head {args.classifier} does not support stacked runs yet; run one process per "
                         f"seed (stacked: {', '.join(HEADS)})")
@@ -600,12 +607,22 @@ class _MeanLoss:
 
 
 def shared_dataset(args):
-    """The benchmark read once with its splits moved to the device once: every seed's ``build_run`` then
-    works on the same tensors (64 copies of TinyImageNet would not fit on a GPU)."""
+    """The benchmark read once, its splits moved to the device and given their tasks once
+    (``to_device``, which a domain benchmark uses to make all its domains): every seed's ``build_run``
+    then works on the same tensors (64 copies of TinyImageNet would not fit on a GPU)."""
     from datasets import get_dataset_class
     dataset = get_dataset_class(args.dataset)(args.data_path, rebuild_cache=bool(args.rebuild_cache))
     splits = tuple(split.to(torch.device(args.device)) for split in dataset.load_splits())
-    dataset.load_splits = lambda: splits  # this object only: build_run asks it for the splits
+    on_device, to_device = {}, dataset.to_device
+
+    def to_device_once(split, device):
+        key = (id(split), str(device))  # the splits above live as long as the dataset: ids stay theirs
+        if key not in on_device:
+            on_device[key] = to_device(split, device)
+        return on_device[key]
+
+    # This object only (an instance attribute): build_run asks it for the splits and their device copies.
+    dataset.load_splits, dataset.to_device = (lambda: splits), to_device_once
     return dataset
 
 
