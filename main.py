@@ -21,6 +21,9 @@ def main(argv=None) -> int:
     """Parse, then run as every entry point does (``utils.entry``): outputs checked first, one process per run,
     SIGTERM as Ctrl-C with the checkpoint kept, one-line errors (exit 2), results written atomically."""
     args = parse_args(argv)
+    if args.seeds:  # stacked seeds: every seed's outputs are checked, locked and written by utils.stacked
+        from utils.stacked import run_seeds_and_write
+        return run_entry("main.py", args, lambda a: run_seeds_and_write(a, final_line), final_line, writes=False)
     from utils.training import run_experiment
     return run_entry("main.py", args, run_experiment, final_line)
 

@@ -24,6 +24,7 @@ from models import get_model_class, model_aliases, model_names
 from utils.best_args import best_args
 from utils.cli import OneLineParser, binary, bounded, non_negative_int, positive, resolve_device, seed, switch
 from utils.flags import DATA_PATH_ENV, results_name
+from utils.stacked import parse_seeds, results_template
 
 # `python main.py` with no arguments: masked-FNO ER on the embedded digits benchmark.
 DEFAULT_ARGV = ["--dataset", "seq-digits", "--model", "er", "--classifier", "fno",
@@ -35,6 +36,7 @@ DEFAULTS = {
     "collapse_metrics": 0, "results_file": None, "results_dir": None, "rebuild_cache": 0,
     "wandb_project": None, "wandb_entity": None, "wandb_name": None, "checkpoint_dir": None, "resume": False,
     "validation": 0, "class_order": 0, "eval_every": 0, "debug_mode": 0, "max_steps_per_task": None, "n_tasks": None,
+    "seeds": None,
 }
 RESULTS_ROOT = "results"  # the default results folder, relative to the current directory
 NO_RESULTS = "none"       # --results_file none: write no results file
@@ -121,6 +123,10 @@ def build_parser() -> OneLineParser:
                    help="stop after the first N tasks (a partial run when fewer than the benchmark's)")
     r = p.add_argument_group("run")
     r.add_argument("--seed", type=seed, metavar="INT", help="seed of every random stream (default 0)")
+    r.add_argument("--seeds", type=parse_seeds, metavar="A-B|A,B,...",
+                   help="train several seeds (1-10, 1,4,7) as one stacked model in one process, each with exactly "
+                        "its single run's random streams, results file and checkpoint (DIR/seed-S); a "
+                        "--results_file must contain {seed}; see docs/stacked.md")
     r.add_argument("--device", metavar="{cpu,cuda,cuda:N}", help="default: cuda when available")
     r.add_argument("--data_path", metavar="DIR", help="where datasets live / are downloaded (default: $FNO_CL_DATA, else ./data)")
     r.add_argument("--results_file", metavar="{PATH,none}",
@@ -249,7 +255,25 @@ def resolve(ns: argparse.Namespace) -> argparse.Namespace:
     if values["debug_mode"] and values["max_steps_per_task"] is None:
         values["max_steps_per_task"] = DEBUG_STEPS
     values["results_file"] = results_file(values, explicit)
+    if values["seeds"]:
+        stacked_outputs(values, explicit)
     return argparse.Namespace(**values)
+
+
+def stacked_outputs(values: dict, explicit: dict) -> None:
+    """--seeds: every seed's results file named as its single run's (a ``{seed}`` template)."""
+    if "seed" in explicit:
+        raise ValueError("give either --seed or --seeds, not both")
+    seeds, given = values["seeds"], explicit.get("results_file")
+    values["seed"] = seeds[0]
+    if given is not None and given.lower() != NO_RESULTS:
+        if "{seed}" not in given:
+            raise ValueError(f"--results_file {given} with --seeds: put {{seed}} in the name so that every seed "
+                             f"gets its own file, e.g. results/run-s{{seed}}.json")
+        return
+    if values["results_file"] is not None:
+        folder = values["results_dir"] or os.path.join(RESULTS_ROOT, values["dataset"])
+        values["results_file"] = results_template(folder, explicit, seeds)
 
 
 def check_protocol(values: dict, dataset_cls, model_cls, model_name: str) -> None:
