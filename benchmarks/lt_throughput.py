@@ -6,8 +6,8 @@ batch-norm pass of the mixing arms, backward and SGD - after a warm-up, for
 every arm and every requested speed-flag combination, and prints images/s,
 ms/step and peak memory::
 
-    python benchmarks/lt_throughput.py --device cpu --steps 10
-    python benchmarks/lt_throughput.py --device cuda --amp none bf16 fp16 --channels_last 0 1
+    python -m benchmarks.lt_throughput --device cpu --steps 10
+    python -m benchmarks.lt_throughput --device cuda --amp none bf16 fp16 --channels_last 0 1
 
 Peak memory is the device's peak allocation on CUDA and the process's peak
 resident set size on the CPU (which only grows, so later rows include earlier ones).
@@ -15,23 +15,22 @@ resident set size on the CPU (which only grows, so later rows include earlier on
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
+import torch
 
-from datasets.utils.continual_dataset import Split  # noqa: E402
-from longtail.args import parse_args  # noqa: E402
-from longtail.arms import LT_METHODS, lt_method_names  # noqa: E402
-from longtail.batches import LongTailData, ResidentBatches, ResidentTestBatches  # noqa: E402
-from longtail.data import get_lt_dataset_class, long_tail_counts  # noqa: E402
-from longtail.processes import Processes  # noqa: E402
-from longtail.trainer import build_run, train_step  # noqa: E402
-from utils.seeding import make_generator  # noqa: E402
+from datasets.utils.continual_dataset import Split
+from longtail.args import parse_args
+from longtail.arms import LT_METHODS, lt_method_names
+from longtail.batches import LongTailData, ResidentBatches, ResidentTestBatches
+from longtail.data import get_lt_dataset_class, long_tail_counts
+from longtail.processes import Processes
+from longtail.trainer import build_run, train_step
+from utils.cli import Extend, comma_list
+from utils.seeding import make_generator
 
 
 def synthetic_data(dataset: str, ratio: float, batch_size: int, device: torch.device) -> LongTailData:
@@ -101,14 +100,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dataset", default="cifar10-lt", choices=("cifar10-lt", "cifar100-lt"))
-    p.add_argument("--methods", nargs="+", default=list(LT_METHODS), choices=lt_method_names())
+    p.add_argument("--methods", nargs="+", default=list(LT_METHODS), type=comma_list(str, lt_method_names()),
+                   action=Extend, help="arms, with spaces or commas (default: all)")
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--width", type=int, default=None, help="resnet32 width (default: the dataset's)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (cuDNN autotuning, allocator)")
-    p.add_argument("--amp", nargs="+", default=["none"], choices=("none", "bf16", "fp16"),
+    p.add_argument("--amp", nargs="+", default=["none"], type=comma_list(str, ("none", "bf16", "fp16")), action=Extend,
                    help="autocast precisions to time (fp16: with a GradScaler, CUDA only)")
-    p.add_argument("--channels_last", nargs="+", type=int, default=[0], choices=(0, 1))
+    p.add_argument("--channels_last", nargs="+", default=[0], type=comma_list(int, (0, 1)), action=Extend)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     opts = p.parse_args(argv)
     if opts.threads:

@@ -14,7 +14,7 @@ import os
 import sys
 
 from longtail.processes import Processes
-from utils.cli import OneLineParser, binary, momentum, non_negative, non_negative_int, positive, switch
+from utils.cli import Extend, OneLineParser, binary, comma_list, momentum, non_negative, non_negative_int, positive, switch
 from utils.run_flags import RUN_DEFAULTS, add_run_flags, given_flags, parse_command_line, resolve_run_flags
 
 DEFAULTS = dict(RUN_DEFAULTS, **{
@@ -73,7 +73,8 @@ def build_parser() -> OneLineParser:
                    help="linear warm-up epochs, from 1/3 of the lr (default 5)")
     h.add_argument("--schedule", choices=("step", "cosine"),
                    help="after the warm-up: step (x lr_decay at each milestone) or cosine; default: the dataset's")
-    h.add_argument("--lr_milestones", type=non_negative_int, nargs="+", help="step epochs (default 160 180)")
+    h.add_argument("--lr_milestones", type=comma_list(non_negative_int), nargs="+", action=Extend, metavar="EPOCH",
+                   help="step epochs, with spaces or commas (default 160 180)")
     h.add_argument("--lr_decay", type=positive(float), help="step factor (default 0.1)")
     h.add_argument("--mixup_alpha", type=positive(float),
                    help="Beta(alpha, alpha) of mixup / etf-dr / arc-mixup (default 1)")

@@ -116,3 +116,23 @@ def resolve_device(name: str | None) -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
     return device
+
+
+def comma_list(item_type: Callable[[str], Any] = str, choices=None):
+    """The type of one token of a list flag: ``"a,b"`` -> ``[a, b]``, so lists may be given with commas, spaces or
+    both (use with ``nargs="+"`` and ``action=Extend``); each item is checked against ``choices``."""
+    def parse(text: str) -> list:
+        items = [item_type(part.strip()) for part in text.split(",") if part.strip()]
+        bad = [item for item in items if choices is not None and item not in choices]
+        if bad or not items:
+            valid = f"; valid choices: {', '.join(map(str, choices))}" if choices is not None else ""
+            raise argparse.ArgumentTypeError(f"invalid item {bad[0] if bad else text!r}{valid}")
+        return items
+    return parse
+
+
+class Extend(argparse.Action):
+    """Flattens the lists ``comma_list`` returns for each token into one list."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, [item for part in values for item in part])
