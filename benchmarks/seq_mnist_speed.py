@@ -87,6 +87,11 @@ def main() -> None:
     opts = p.parse_args()
     models = ([m for part in opts.models for m in part.split(",") if m] if opts.models
               else default_models(opts.buffer_size))
+    from models import model_names
+    unlisted = [m for m in model_names() if m not in models]
+    if unlisted and not opts.models:
+        print(f"not timed (no seq-mnist best arguments at buffer {opts.buffer_size}; time them with --models and "
+              f"explicit flags): {', '.join(unlisted)}")
     raw = os.path.join(opts.data_path, "MNIST", "raw")
     real = all(find_file(raw, s) for pair in MNIST_FILES.values() for s in pair)
     from models import get_model_class
