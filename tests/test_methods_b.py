@@ -205,6 +205,44 @@ def test_update_logits_scales_only_rows_whose_block_exceeds_their_own_logit():
     assert out.tolist() == [[4.0, 0.0, 0.5, 2.0], [1.0, 0.0, 0.5, 0.25]]  # row 0: x 0.5*4/8; row 1 copied
 
 
+def test_supcon_equals_its_anchor_by_anchor_definition():
+    from models.xder import supervised_contrastive
+    gen = torch.Generator().manual_seed(0)
+    feats = F.normalize(torch.randn(2, 5, 3, 4, generator=gen, dtype=torch.float64), dim=3)
+    labels = torch.tensor([0, 1, 0, 2, 1])
+    expected = 0.0
+    for head in feats:
+        views = [(i, v) for v in range(3) for i in range(5)]  # view-major anchors
+        for i, v in views:
+            others = [(j, u) for j, u in views if (j, u) != (i, v)]
+            sims = {(j, u): float(head[i, v] @ head[j, u]) / 0.5 for j, u in others}
+            log_norm = torch.logsumexp(torch.tensor(list(sims.values()), dtype=torch.float64), 0)
+            positives = [sims[p] - log_norm for p in others if labels[p[0]] == labels[i]]
+            expected += -float(sum(positives) / len(positives)) / 3  # mean over the sample's views
+    assert abs(float(supervised_contrastive(feats, labels, 0.5, 3)) - expected) < 1e-9
+
+
+def test_strong_augment_flip_folded_into_the_crop_equals_flipping_first():
+    import math
+    from datasets.utils.transforms import DeviceTransform
+    from models.xder import StrongAugment
+    x = torch.rand(6, 3, 9, 7)
+    out = StrongAugment(DeviceTransform(scale=1.0), torch.device("cpu"),
+                        torch.Generator().manual_seed(0)).flipped_resized_crop(x)
+    gen, n = torch.Generator().manual_seed(0), 6  # the same draws, in the same order
+    flip = torch.rand(n, generator=gen) < 0.5
+    uniform = lambda low, high: low + (high - low) * torch.rand(n, generator=gen)  # noqa: E731
+    area, ratio = uniform(0.2, 1.0), torch.exp(uniform(math.log(3 / 4), math.log(4 / 3)))
+    w, h = torch.sqrt(area * ratio).clamp(max=1), torch.sqrt(area / ratio).clamp(max=1)
+    cx, cy = (1 - w) * uniform(0, 1) + w / 2, (1 - h) * uniform(0, 1) + h / 2
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w, 2 * cx - 1, h, 2 * cy - 1
+    flipped = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
+    expected = F.grid_sample(flipped, F.affine_grid(theta, list(x.shape), align_corners=False),
+                             mode="bilinear", padding_mode="border", align_corners=False)
+    assert 0 < int(flip.sum()) < n and torch.allclose(out, expected, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- iCaRL against its definition
 
 def herding_reference(features, m):
@@ -353,13 +391,14 @@ def test_reinitialised_mlp_follows_a_fresh_builds_scheme(make_args):
                 p.add_(1.0)  # as after training
         model.reinitialise_network(torch.Generator().manual_seed(0))
         for name, p in model.net.named_parameters():
+            p = p.detach()
             if name.endswith("bias"):
                 assert p.abs().sum() == 0, name
             elif p.dim() == 2:
                 bound = (6 / sum(p.shape)) ** 0.5
                 assert p.abs().max() <= bound and abs(float(p.std()) - bound / 3 ** 0.5) < 0.1 * bound, name
         if head == "fno":
-            assert torch.equal(model.net.head.weight, fixed["head.weight"]) and float(model.net.head.scale) == 1
+            assert torch.equal(model.net.head.weight, fixed["head.weight"]) and float(model.net.head.scale.detach()) == 1
         again = copy.deepcopy(model)
         model.reinitialise_network(torch.Generator().manual_seed(0))
         again.reinitialise_network(torch.Generator().manual_seed(0))
