@@ -126,15 +126,20 @@ def run_args(opts, dataset: str, model: str, head: str, extra=()):
     return parse_args(argv)
 
 
-def measure(opts, dataset: str, model: str, head: str, splits) -> dict:
-    """Warm up on task 1, time ``opts.steps`` steps on task 2, then time one evaluation pass."""
-    device = torch.device(opts.device)
-    args = run_args(opts, dataset, model, head)
+def reset_peaks(device: torch.device) -> None:
+    """Start a measurement's peak-memory counters (device and host) from the current state."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     reset_host_peak()
+
+
+def measure(opts, dataset: str, model: str, head: str, splits) -> dict:
+    """Warm up on task 1, time ``opts.steps`` steps on task 2, then time one evaluation pass."""
+    device = torch.device(opts.device)
+    args = run_args(opts, dataset, model, head)
+    reset_peaks(device)
     run = build_run(args, synthetic_dataset(get_dataset_class(dataset), splits))
     tasks = stages(run)
     bs = args.batch_size
@@ -234,11 +239,7 @@ def measure_stacked(opts, dataset: str, model: str, head: str, splits, n_seeds: 
     from utils.stacked import seed_args, train_stacked_stage
     device = torch.device(opts.device)
     args = run_args(opts, dataset, model, head)
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    reset_host_peak()
+    reset_peaks(device)
     data = synthetic_dataset(get_dataset_class(dataset), splits)  # one copy of the data for every seed
     runs = [build_run(seed_args(args, opts.seed + i), data) for i in range(n_seeds)]
     bs = args.batch_size

@@ -14,11 +14,5 @@ class Joint(Sgd):
     JOINT = True
     # --load_best_args: dataset -> buffer size (0: no buffer) -> flags.  Mammoth has no table of its own for
     # joint: its utils/main.py (aimagelab/mammoth, and the authors' khyong/FNO-classifier fno_contid/utils/main.py)
-    # loads best_args[dataset]['sgd'] for --model joint, so these are SGD's values (models/sgd.py), written out.
-    BEST_ARGS = {
-        "seq-mnist": {0: dict(lr=0.03)},
-        "seq-cifar10": {0: dict(lr=0.1)},
-        "seq-cifar100": {0: dict(lr=0.03)},
-        "seq-tinyimg": {0: dict(lr=0.03)},
-        "seq-digits": {0: dict(lr=0.1)},
-    }
+    # loads best_args[dataset]['sgd'] for --model joint, so joint uses SGD's table.
+    BEST_ARGS = Sgd.BEST_ARGS
