@@ -136,7 +136,7 @@ def test_training_steps_never_synchronise_with_the_host(tmp_path, model):
                                    ["--compile", "1"],
                                    ["--amp", "bf16", "--channels_last", "1", "--compile", "reduce-overhead"]])
 def test_done_when_command_on_cuda_with_speed_flags(tmp_path, flags):
-    """The issue's seq-cifar10 command on CUDA (full ResNet-18), plain and with each speed path."""
+    """The README's seq-cifar10 command on CUDA (full ResNet-18), plain and with each speed path."""
     write_tiny_cifar(tmp_path, "cifar10", 40, range(10))
     results = tmp_path / "results.json"
     argv = ["--dataset", "seq-cifar10", "--model", "derpp", "--classifier", "fno", "--masked_softmax", "1",

@@ -1,5 +1,5 @@
 """S-CIFAR-10, S-CIFAR-100 and S-TinyImageNet: on-disk formats, protocol, augmentation, cache, errors,
-and the issue's end-to-end commands on tiny sets written here in the exact formats the loaders read."""
+and the README's end-to-end commands on tiny sets written here in the exact formats the loaders read."""
 import json
 import os
 
@@ -324,7 +324,7 @@ def run_main(tmp_path, dataset, *extra):
 
 
 def test_seq_cifar10_done_when_command(tmp_path):
-    """The issue's command verbatim (full ResNet-18), on one training and one test image per class."""
+    """The README's command verbatim (full ResNet-18), on one training and one test image per class."""
     write_tiny_cifar(tmp_path, "cifar10", 1, range(10))
     out = run_main(tmp_path, "seq-cifar10")
     assert out["args"]["backbone"] == "resnet18" and out["args"]["lr"] == 0.03

@@ -3,7 +3,7 @@
 Commands are checked in both forms: the one a wandb agent builds (``${args}``,
 with the sweep's ``results_dir``) and the one the local grid runner builds
 (``--results_file`` in its place).  A sweep whose dataset or program is not in
-this checkout yet is skipped with the reason; the test becomes live when it lands.
+this checkout is skipped with the reason.
 """
 import glob
 import importlib.util
