@@ -23,7 +23,7 @@ from datasets import dataset_names, get_dataset_class
 from models import get_model_class, model_aliases, model_names
 from utils.best_args import best_args
 from utils.cli import OneLineParser, binary, bounded, non_negative_int, positive, resolve_device, seed, switch
-from utils.flags import DATA_PATH_ENV, results_name
+from utils.flags import DATA_PATH_ENV, NAME_FIELD, fill_name, results_name
 from utils.stacked import parse_seeds, results_template
 
 # `python main.py` with no arguments: masked-FNO ER on the embedded digits benchmark.
@@ -137,7 +137,9 @@ def build_parser() -> OneLineParser:
     r.add_argument("--rebuild_cache", type=binary, metavar="{0,1}",
                    help="1: decode the dataset's files again and rewrite its decoded cache (seq-tinyimg), e.g. "
                         "after replacing data files by hand")
-    r.add_argument("--checkpoint_dir", metavar="DIR", help="save a checkpoint here after every task (atomically)")
+    r.add_argument("--checkpoint_dir", metavar="DIR", help="save a checkpoint here after every task (atomically); "
+                   "{name} in it is replaced by the run's results name, e.g. results/ckpt/{name} (as sweep files "
+                   "give it, so each run of a sweep resumes its own folder)")
     r.add_argument("--resume", type=switch, nargs="?", const=True, metavar="{0,1}",
                    help="continue from the last task saved in --checkpoint_dir (a fresh start when there is none)")
     w = p.add_argument_group("wandb (on when a project is given, by flag or WANDB_PROJECT)")
@@ -257,7 +259,27 @@ def resolve(ns: argparse.Namespace) -> argparse.Namespace:
     values["results_file"] = results_file(values, explicit)
     if values["seeds"]:
         stacked_outputs(values, explicit)
+    values["checkpoint_dir"] = named_checkpoint_dir(values, explicit)
     return argparse.Namespace(**values)
+
+
+def named_checkpoint_dir(values: dict, explicit: dict):
+    """``--checkpoint_dir`` with ``{name}`` replaced by the run's results name (the name ``--results_dir``
+    gives its results file), so that the runs of a sweep each resume their own folder.  With ``--seeds``
+    the name holds ``{seed}``, which every seed fills in (``utils.stacked.seed_args``) to get its single
+    run's folder."""
+    given = values["checkpoint_dir"]
+    if not given or NAME_FIELD not in given:
+        return given
+    if not values["seeds"]:
+        return fill_name(given, results_name(explicit))
+    try:
+        template = results_template("", explicit, values["seeds"])  # "<name with seed={seed}>.json"
+    except ValueError:
+        raise ValueError(f"--checkpoint_dir {given} with --seeds: these flags give results names shortened "
+                         f"with a hash, which no {{seed}} template can reproduce; give a --checkpoint_dir "
+                         f"without {NAME_FIELD} (each seed then checkpoints into DIR/seed-S)") from None
+    return fill_name(given, template[:-len(".json")])
 
 
 def stacked_outputs(values: dict, explicit: dict) -> None:

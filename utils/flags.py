@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Dict
+from typing import Dict, Optional
 
 OPERATIONAL_FLAGS = frozenset({
     "results_file", "results_dir", "checkpoint_dir", "checkpoint_every", "resume", "data_path", "rebuild_cache",
@@ -18,6 +18,7 @@ OPERATIONAL_FLAGS = frozenset({
     "nowand", "wandb_project", "wandb_entity", "wandb_name",
 })
 MAY_CHANGE_ON_RESUME = OPERATIONAL_FLAGS - {"device"}
+NAME_FIELD = "{name}"  # in --checkpoint_dir: the run's results name, so every run of a sweep gets its own folder
 DATA_PATH_ENV = "FNO_CL_DATA"  # where the grid runner takes --data_path from when its command gives none
 MAX_NAME = 180
 
@@ -51,3 +52,9 @@ def results_name(params: Dict[str, object]) -> str:
     if name != pairs or len(name) > MAX_NAME:
         name = name[:MAX_NAME] + "," + hashlib.sha1(pairs.encode()).hexdigest()[:10]
     return name or "defaults"
+
+
+def fill_name(path: Optional[str], name: str) -> Optional[str]:
+    """``path`` (a ``--checkpoint_dir``) with ``{name}`` replaced by ``name``, the run's results name: a sweep
+    file gives every run ``DIR/checkpoints/{name}``, so each run of the sweep resumes its own folder."""
+    return None if path is None else path.replace(NAME_FIELD, name)
