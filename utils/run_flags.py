@@ -11,7 +11,7 @@ import argparse
 import os
 
 from utils.cli import binary, resolve_device, seed, switch
-from utils.flags import DATA_PATH_ENV, results_name
+from utils.flags import DATA_PATH_ENV, fill_name, results_name
 
 RUN_DEFAULTS = {
     "seed": 0, "device": None, "data_path": "data", "results_file": None, "results_dir": None,
@@ -31,7 +31,8 @@ def add_run_flags(parser: argparse.ArgumentParser, stage: str) -> argparse._Argu
     r.add_argument("--results_file", metavar="PATH", help="write the results here as JSON (atomically)")
     r.add_argument("--results_dir", metavar="DIR", help="write the results as JSON into this directory, the file "
                    "named from the flags given (as the grid runner names it; for wandb sweep agents)")
-    r.add_argument("--checkpoint_dir", metavar="DIR", help=f"save a checkpoint here after every {stage} (atomically)")
+    r.add_argument("--checkpoint_dir", metavar="DIR", help=f"save a checkpoint here after every {stage} (atomically); "
+                   "{name} in it is replaced by the run's results name (sweep files: each run its own folder)")
     r.add_argument("--resume", type=switch, nargs="?", const=True, metavar="{0,1}",
                    help=f"continue from the last {stage} saved in --checkpoint_dir (a fresh start when there is none)")
     w = parser.add_argument_group("wandb (on when a project is given, by flag or WANDB_PROJECT)")
@@ -66,12 +67,14 @@ def resolve_run_flags(values: dict, explicit: dict) -> None:
     """Settle the shared flags in ``values`` (merged settings) given the ``explicit`` command-line ones:
     the device checked and named, the data folder from ``$FNO_CL_DATA`` when none was given (as the grid
     runner takes it), ``--resume`` only with a checkpoint directory, ``--results_dir`` turned into the
-    results file.  Raises ``ValueError`` (the parser's one-line error)."""
+    results file, ``{name}`` in ``--checkpoint_dir`` replaced by the run's results name.  Raises ``ValueError``
+    (the parser's one-line error)."""
     values["device"] = str(resolve_device(values.get("device")))
     if "data_path" not in explicit and os.environ.get(DATA_PATH_ENV):  # a cluster's data folder
         values["data_path"] = os.environ[DATA_PATH_ENV]
     if values["resume"] and not values["checkpoint_dir"]:
         raise ValueError("--resume needs --checkpoint_dir (the directory holding the checkpoint)")
+    values["checkpoint_dir"] = fill_name(values["checkpoint_dir"], results_name(explicit))
     if values["results_dir"] is not None:
         if "results_file" in explicit:
             raise ValueError("give either --results_file or --results_dir, not both")
