@@ -1,8 +1,9 @@
 """Every sweep file parses, covers its grid, and every command it generates is accepted by its program's parser.
 
 Commands are checked in both forms: the one a wandb agent builds (``${args}``,
-with the sweep's ``results_dir``) and the one the local grid runner builds
-(``--results_file`` in its place).  A sweep whose dataset or program is not in
+with the sweep's ``results_dir``, ``checkpoint_dir`` and ``resume``) and the one
+the local grid runner builds (its own ``--results_file``, ``--checkpoint_dir``
+and ``--resume`` in their place).  A sweep whose dataset or program is not in
 this checkout is skipped with the reason.
 """
 import glob
@@ -12,7 +13,7 @@ import os
 import pytest
 
 from datasets import dataset_names
-from utils.grid import load_sweep, expand, plan, render_command, DEFAULT_COMMAND
+from utils.grid import DEFAULT_COMMAND, RUNNER_FLAGS, expand, load_sweep, plan, render_command
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEPS = sorted(glob.glob(os.path.join(ROOT, "sweeps", "*.yaml")))
@@ -55,22 +56,44 @@ def test_every_generated_command_is_accepted(path, tmp_path, capsys, monkeypatch
         if missing:
             pytest.skip(f"dataset(s) {', '.join(sorted(missing))} not registered in this checkout yet")
     monkeypatch.chdir(ROOT)
-    runs = plan(path, str(tmp_path), checkpoints=sweep["program"] == "main.py")
+    runs = plan(path, str(tmp_path), checkpoints=True)
     assert len(runs) == len(combos) and len({r.results_file for r in runs}) == len(runs)
+    agent_checkpoints = set()
     for params, run in zip(combos, runs):
         agent_argv = render_command(sweep.get("command") or DEFAULT_COMMAND, "PROGRAM", params)
         agent_args = parse_or_fail(parse_args, agent_argv[agent_argv.index("PROGRAM") + 1:], capsys)
         grid_argv = run.argv[run.argv.index(sweep["program"]) + 1:]
         grid_args = parse_or_fail(parse_args, grid_argv, capsys)
         for key, value in params.items():
-            if key != "results_dir" and not isinstance(value, bool):
+            if key not in RUNNER_FLAGS and not isinstance(value, bool):
                 assert getattr(grid_args, key) == value, (key, grid_argv)
+        # The runner's own places replace the sweep's: its results file and per-run checkpoint folder.
         assert grid_args.results_file == run.results_file
-        if run.checkpoint_dir:
-            assert grid_args.checkpoint_dir == run.checkpoint_dir and grid_args.resume is True
-        if "results_dir" in params:
-            # An agent's run and the grid runner's run of the same parameters write the same file name.
-            assert os.path.basename(agent_args.results_file) == os.path.basename(run.results_file)
+        assert grid_args.checkpoint_dir == run.checkpoint_dir and grid_args.resume is True
+        assert run.checkpoint_dir == os.path.join(str(tmp_path), "checkpoints", results_name_of(run.results_file))
+        # An agent's run and the grid runner's run of the same parameters write the same file name, and the
+        # agent's run resumes its own checkpoint folder, named from that results name.
+        name = results_name_of(agent_args.results_file)
+        assert name == results_name_of(run.results_file)
+        assert agent_args.resume is True
+        assert agent_args.checkpoint_dir == os.path.join(params["results_dir"], "checkpoints", name)
+        agent_checkpoints.add(agent_args.checkpoint_dir)
+    assert len(agent_checkpoints) == len(runs)  # one folder per run: no two runs resume each other's
+
+
+def results_name_of(results_file: str) -> str:
+    return os.path.basename(results_file)[:-len(".json")]
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: os.path.basename(p))
+def test_agent_runs_checkpoint_per_run_and_resume(path):
+    """Every sweep gives its agents' runs a checkpoint folder per run, under its results folder, and
+    --resume (a wandb agent renders it --resume=True), so a preempted and requeued run continues."""
+    parameters = load_sweep(path)["parameters"]
+    results_dir = parameters["results_dir"]["value"]
+    assert parameters["checkpoint_dir"] == {"value": f"{results_dir}/checkpoints/{{name}}"}
+    assert parameters["resume"] == {"value": True}
+    assert render_command(["${args}"], "p", {"resume": True}) == ["--resume=True"]
 
 
 @pytest.mark.parametrize("benchmark", PAPER_BENCHMARKS)

@@ -231,7 +231,9 @@ def plan(sweep_path: str, results_dir: str, interpreter: str = sys.executable, c
     varying = [k for k in combos[0] if len({canonical(c[k]) for c in combos}) > 1]
     runs, seen = [], set()
     for params in combos:
-        params = {k: v for k, v in params.items() if k != "results_dir"}  # the runner places results itself
+        # The runner places results and checkpoints itself: a sweep's results_dir, checkpoint_dir and resume
+        # (which wandb agents need) are replaced by its own.
+        params = {k: v for k, v in params.items() if k not in RUNNER_FLAGS}
         name = results_name({**params, **extra_flags})
         if name in seen:
             raise UserError(f"{sweep_path}: two runs have the same parameters ({name})")
