@@ -24,6 +24,42 @@ class Setting:
     lr_gamma: float = 0.1                 # by this factor (none: a constant lr, the protocol's default)
 
 
+def batch_norm_layers(net: nn.Module) -> list:
+    """The batch-norm layers of ``net`` (the same objects once ``--compile`` wraps it)."""
+    return [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def backward_terms(net: nn.Module, terms: list, backward: Callable, batch_norm: bool) -> torch.Tensor:
+    """Backpropagate loss terms that each need a forward pass of ``net``; return their sum, detached.
+
+    ``terms`` is a list of ``(inputs, loss_of)`` pairs, ``loss_of(outputs)`` giving the term;
+    ``backward(compute_loss)`` computes one loss (under autocast) and backpropagates it.  With batch
+    norm (``batch_norm``) every term has its own forward pass, as the reference methods compute
+    them (each pass is its own batch for the statistics), backpropagated at once, so one pass's
+    activations are held at a time.  Without batch norm a sample's outputs do not depend on the
+    rest of its batch: one forward pass over every term's inputs and one backward of the summed
+    terms give the same loss and gradients, up to float rounding, in half (ER) or a third (DER++)
+    of the operations.  The one mechanism both trainers use (``ContinualModel`` and
+    ``utils.stacked.Stack``), so a stacked seed computes its single run's step.
+    """
+    if batch_norm or len(terms) == 1:
+        total = None
+        for x, loss_of in terms:
+            term = backward(lambda: loss_of(net(x)))
+            total = term if total is None else total + term
+        return total
+    sizes = [len(x) for x, _ in terms]
+
+    def summed():
+        outs = net(torch.cat([x for x, _ in terms])).split(sizes)
+        total = None
+        for out, (_, loss_of) in zip(outs, terms):
+            term = loss_of(out)
+            total = term if total is None else total + term
+        return total
+    return backward(summed)
+
+
 class ContinualModel(nn.Module):
     """A method: ``observe`` one stream batch, optionally ``begin_task`` / ``end_task``.
 
@@ -55,6 +91,7 @@ class ContinualModel(nn.Module):
         self.opt: torch.optim.Optimizer | None = None
         self.scheduler = None
         self.buffer = self.build_buffer() if self.USES_BUFFER else None
+        self.bn_layers = batch_norm_layers(net)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -147,3 +184,8 @@ class ContinualModel(nn.Module):
             term = compute_loss()
         term.backward()
         return term.detach()
+
+    def backward_terms(self, terms: list) -> torch.Tensor:
+        """Several loss terms, each ``(inputs, loss_of_outputs)``, with their forward passes merged into one
+        when the network has no batch norm (``backward_terms`` above); returns their sum, detached."""
+        return backward_terms(self.net, terms, self.backward, bool(self.bn_layers))

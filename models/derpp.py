@@ -47,20 +47,20 @@ class DERpp(ContinualModel):
         augment, mb = self.setting.augment, self.args.minibatch_size
         stream_logits = []
 
-        def stream_term():
-            logits = self.net(inputs)
+        def stream_term(logits):
             stream_logits.append(logits.detach().float())
             return self.stream_loss(logits, labels)
 
         self.opt.zero_grad(set_to_none=True)
-        loss = self.backward(stream_term)
+        terms = [(inputs, stream_term)]
         if not self.buffer.is_empty():
             buf_x, buf_logits = self.buffer.sample(mb, "examples", "logits")
-            loss = loss + self.backward(lambda: self.args.alpha * F.mse_loss(self.net(augment(buf_x)), buf_logits))
+            terms.append((augment(buf_x), lambda out: self.args.alpha * F.mse_loss(out, buf_logits)))
             beta = self.replay_label_weight()
             if beta:
-                buf_x, buf_y = self.buffer.sample(mb, "examples", "labels")
-                loss = loss + self.backward(lambda: beta * F.cross_entropy(self.net(augment(buf_x)), buf_y))
+                buf_x2, buf_y = self.buffer.sample(mb, "examples", "labels")
+                terms.append((augment(buf_x2), lambda out: beta * F.cross_entropy(out, buf_y)))
+        loss = self.backward_terms(terms)
         self.opt.step()
         if self.args.masked_softmax:
             with torch.no_grad(), self.autocast():

@@ -10,7 +10,9 @@ class ER(ContinualModel):
     """Experience Replay, in the two forms the authors ran (``--masked_softmax`` picks one).
 
     Masked (the authors' ``ermr``): masked cross-entropy on the stream batch plus
-    cross-entropy on a buffer minibatch, in two separate forward passes.
+    cross-entropy on a buffer minibatch, in two separate forward passes (one
+    merged pass when the network has no batch norm: the same loss and gradients,
+    ``backward_terms``).
     Unmasked (Mammoth's ``er``, which the authors' code runs without the mask):
     the stream batch and the buffer minibatch are concatenated and go through
     the network in one forward pass (one batch-norm batch), with one
@@ -38,10 +40,11 @@ class ER(ContinualModel):
     def observe(self, inputs, labels, not_aug_inputs):
         self.opt.zero_grad(set_to_none=True)
         if self.args.masked_softmax:
-            loss = self.backward(lambda: self.stream_loss(self.net(inputs), labels))
+            terms = [(inputs, lambda out: self.stream_loss(out, labels))]
             if not self.buffer.is_empty():
                 buf_x, buf_y = self.replay_batch()
-                loss = loss + self.backward(lambda: F.cross_entropy(self.net(buf_x), buf_y))
+                terms.append((buf_x, lambda out: F.cross_entropy(out, buf_y)))
+            loss = self.backward_terms(terms)
         else:
             x, y = inputs, labels
             if not self.buffer.is_empty():

@@ -21,10 +21,6 @@ RELEASED = dict(lr=0.03, gamma=0.85, lambd=0.05, simclr_temp=5.0, simclr_batch_s
 DIGITS = dict(lr=0.1, alpha=0.1, beta=1.0, past_constraint=1)
 
 
-def batch_norm_layers(net: torch.nn.Module) -> list:
-    return [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-
-
 @contextlib.contextmanager
 def frozen_batch_norm(layers: list, frozen: bool):
     """Inside, the batch-norm ``layers`` normalise with the batch's statistics but leave their running ones
@@ -266,7 +262,6 @@ class XDER(ContinualModel):
         self.cpt, self.n_tasks = per_task[0], len(per_task)
         self.num_classes = len(setting.task_of_class)
         self.register_buffer("update_counter", torch.zeros(args.buffer_size + 1, device=setting.device))
-        self.bn_layers = batch_norm_layers(net)  # the same layer objects once --compile wraps the network
         self.strong_augment = StrongAugment(get_dataset_class(args.dataset).TRANSFORM, setting.device,
                                             setting.buffer_generator)
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from models.continual_model import backward_terms
 from utils.training import build_run
 
 
@@ -72,15 +73,73 @@ def stream_batches(run, n):
 
 
 # step 1: empty buffer; step 2: 5 stored, so 5 replayed; step 3: 10 stored, 7 replayed
-@pytest.mark.parametrize("masked, expected", [(0, [5, 10, 12]), (1, [5, 5, 5, 5, 7])])
-def test_er_forward_passes(make_args, masked, expected):
-    """Unmasked (Mammoth's ER): one pass over stream + replay concatenated; masked: separate passes."""
+@pytest.mark.parametrize("masked, batch_norm, expected", [(0, False, [5, 10, 12]), (0, True, [5, 10, 12]),
+                                                          (1, False, [5, 10, 12]), (1, True, [5, 5, 5, 5, 7])])
+def test_er_forward_passes(make_args, masked, batch_norm, expected):
+    """Unmasked (Mammoth's ER): one pass over stream + replay concatenated, one batch for batch norm.
+    Masked: a stream term and a replay term, in separate passes with batch norm (each its own batch), in one
+    merged pass without it (``backward_terms``)."""
     run = replay_model(make_args, "er", masked)
     counter = CountForwards(run.model.net)
     run.model.net = counter
+    run.model.bn_layers = [nn.BatchNorm1d(1)] if batch_norm else []  # what the trainer decides on
     for x, y, raw in stream_batches(run, 3):
         run.model.observe(x, y, raw)
     assert counter.calls == expected
+
+
+class TwoTerms:
+    """Two loss terms on a small network, with and without batch norm."""
+
+    def __init__(self, batch_norm):
+        torch.manual_seed(0)
+        layers = [nn.Linear(6, 8)] + [nn.BatchNorm1d(8)] * batch_norm + [nn.ReLU(), nn.Linear(8, 3)]
+        self.net = CountForwards(nn.Sequential(*layers))
+        self.xs = torch.randn(5, 6), torch.randn(7, 6)
+        self.ys = torch.randint(0, 3, (5,)), torch.randint(0, 3, (7,))
+
+    def separate(self):
+        """The reference: each term's own forward pass and backward, gradients accumulated."""
+        self.net.zero_grad(set_to_none=True)
+        total = 0.0
+        for x, y in zip(self.xs, self.ys):
+            term = nn.functional.cross_entropy(self.net(x), y)
+            term.backward()
+            total += float(term.detach())
+        return total, [p.grad.clone() for p in self.net.parameters()]
+
+    def merged(self):
+        self.net.zero_grad(set_to_none=True)
+
+        def backward(compute):
+            term = compute()
+            term.backward()
+            return term.detach()
+        terms = [(x, lambda out, y=y: nn.functional.cross_entropy(out, y)) for x, y in zip(self.xs, self.ys)]
+        loss = backward_terms(self.net, terms, backward, batch_norm=any(
+            isinstance(m, nn.BatchNorm1d) for m in self.net.modules()))
+        return float(loss), [p.grad.clone() for p in self.net.parameters()]
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_backward_terms_computes_the_separate_passes_loss_and_gradients(batch_norm):
+    """Merged (no batch norm: one pass of 12) or separate (batch norm: passes of 5 and 7), the summed loss
+    and the gradients are those of one forward and backward per term."""
+    case = TwoTerms(batch_norm)
+    loss, grads = case.merged()
+    assert case.net.calls == ([5, 7] if batch_norm else [12])
+    ref_loss, ref_grads = case.separate()
+    assert loss == pytest.approx(ref_loss, rel=1e-6)
+    for ours, theirs in zip(grads, ref_grads):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
+    if not batch_norm:  # the merge is only right without batch norm: with it the statistics would mix
+        case.net.net.insert(1, nn.BatchNorm1d(8))
+        case.net.net.train()
+        separate_bn = case.separate()[0]
+        case.net.calls.clear()
+        outs = case.net(torch.cat(case.xs)).split([5, 7])
+        mixed = sum(float(nn.functional.cross_entropy(o, y).detach()) for o, y in zip(outs, case.ys))
+        assert abs(mixed - separate_bn) > 1e-4
 
 
 def test_unmasked_er_loss_is_one_mean_over_the_concatenated_batch(make_args):

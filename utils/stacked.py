@@ -52,6 +52,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from backbone.heads import FixedHead
+from models.continual_model import backward_terms
 from utils.buffer import _BIG, ReservoirBuffer
 from utils.errors import UserError
 from utils.losses import mask_other_tasks
@@ -483,6 +484,7 @@ class Stack:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.opt = torch.optim.SGD(self.net.parameters(), lr=self.args.lr)
         self.scheduler = model.build_scheduler(self.opt)
+        self.batch_norm = bool(model.bn_layers)
         self.buffer = None if model.buffer is None else StackedBuffer([run.model.buffer for run in runs])
         self.autocast = model.autocast
         self.transform = runs[0].transform
@@ -518,6 +520,10 @@ class Stack:
         term.sum().backward()
         return term.detach()
 
+    def backward_terms(self, terms: list) -> torch.Tensor:
+        """``ContinualModel.backward_terms`` for S seeds: per-seed terms, passes merged without batch norm."""
+        return backward_terms(self.net, terms, self.backward, self.batch_norm)
+
     def end_epoch(self) -> None:
         if self.scheduler is not None:
             self.scheduler.step()
@@ -537,15 +543,16 @@ def sgd_step(st: Stack, inputs, labels, raw):
 
 
 def er_step(st: Stack, inputs, labels, raw):
-    """models/er.py's ``observe``: masked, separate stream and replay passes; unmasked, one pass over both."""
+    """models/er.py's ``observe``: masked, stream and replay terms (``backward_terms``); unmasked, one pass
+    over both with one cross-entropy."""
     args, buffer = st.args, st.buffer
     st.opt.zero_grad(set_to_none=True)
     if args.masked_softmax:
-        loss = st.backward(lambda: st.stream_loss(st.net(inputs), labels))
+        terms = [(inputs, lambda out: st.stream_loss(out, labels))]
         if not buffer.is_empty():
             buf_x, buf_y = buffer.sample(args.minibatch_size, "examples", "labels")
-            buf_x = st.augment(buf_x)
-            loss = loss + st.backward(lambda: seed_cross_entropy(st.net(buf_x), buf_y))
+            terms.append((st.augment(buf_x), lambda out: seed_cross_entropy(out, buf_y)))
+        loss = st.backward_terms(terms)
     else:
         x, y = inputs, labels
         if not buffer.is_empty():
@@ -564,19 +571,19 @@ def derpp_step(st: Stack, inputs, labels, raw, beta: Optional[float] = None):
     beta = args.beta if beta is None else beta
     stream_logits = []
 
-    def stream_term():
-        logits = st.net(inputs)
+    def stream_term(logits):
         stream_logits.append(logits.detach().float())
         return st.stream_loss(logits, labels)
 
     st.opt.zero_grad(set_to_none=True)
-    loss = st.backward(stream_term)
+    terms = [(inputs, stream_term)]
     if not buffer.is_empty():
         buf_x, buf_logits = buffer.sample(mb, "examples", "logits")
-        loss = loss + st.backward(lambda: args.alpha * seed_mse(st.net(st.augment(buf_x)), buf_logits))
+        terms.append((st.augment(buf_x), lambda out: args.alpha * seed_mse(out, buf_logits)))
         if beta:
-            buf_x, buf_y = buffer.sample(mb, "examples", "labels")
-            loss = loss + st.backward(lambda: beta * seed_cross_entropy(st.net(st.augment(buf_x)), buf_y))
+            buf_x2, buf_y = buffer.sample(mb, "examples", "labels")
+            terms.append((st.augment(buf_x2), lambda out: beta * seed_cross_entropy(out, buf_y)))
+    loss = st.backward_terms(terms)
     st.opt.step()
     if args.masked_softmax:
         with torch.no_grad(), st.autocast():
