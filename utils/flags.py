@@ -5,6 +5,10 @@ never what it computes: they are left out of results names (``results_name``),
 out of the settings ``utils.summarize`` compares across runs, and may change
 when a checkpointed run is resumed (except the device: a run resumed on
 another device is not the same computation, so the checkpoint refuses it).
+The CPU thread count (``num_threads``) is one of them: a stacked ``--seeds``
+process uses torch's threads where its seeds' single runs use the dataset's one
+thread, with the same numbers (docs/stacked.md), and either may resume, report
+and be summarised with the other's runs.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from typing import Dict, Optional
 
 OPERATIONAL_FLAGS = frozenset({
     "results_file", "results_dir", "checkpoint_dir", "checkpoint_every", "resume", "data_path", "rebuild_cache",
-    "device",
+    "device", "num_threads",
     "nowand", "wandb_project", "wandb_entity", "wandb_name",
 })
 MAY_CHANGE_ON_RESUME = OPERATIONAL_FLAGS - {"device"}
