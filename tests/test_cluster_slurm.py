@@ -1,6 +1,6 @@
-"""``utils.grid --slurm``: the pending runs as one submitit job array, exercised through submitit's
-local executor (``--slurm_local``) on test_grid's stand-in program; a requeued task is the same task,
-whose command resumes from the run's checkpoint."""
+"""``utils.grid --slurm``: the pending runs (or packs of seeds) as one submitit job array, exercised
+through submitit's local executor (``--slurm_local``) on the tests' stand-in programs; a requeued task
+is the same task, whose command resumes every run from its own checkpoint."""
 import os
 
 import pytest
@@ -29,7 +29,7 @@ def test_local_executor_runs_every_pending_run_once(env, capsys):
     assert os.listdir(out / "slurm")  # submitit's own files
     assert grid_main([sweep, "--results_dir", str(out), "--slurm", "--slurm_local"]) == 0  # nothing left to do
     assert "0 to submit" in capsys.readouterr().out
-    assert GridTask(runs[0].argv, runs[0].results_file, runs[0].log_file)().startswith("already done")
+    assert GridTask(runs[0])().startswith("already done")
 
 
 def test_failed_task_is_reported_and_a_requeue_is_the_same_task(env, capsys):
@@ -41,7 +41,7 @@ def test_failed_task_is_reported_and_a_requeue_is_the_same_task(env, capsys):
     assert printed.count("FAILED") == 2 and printed.count("deliberate failure") == 2, printed
     run = plan(sweep, str(out), checkpoints=True)[0]
     assert "--resume" in run.argv and any(a.startswith("--checkpoint_dir=") for a in run.argv)
-    task = GridTask(run.argv, run.results_file, run.log_file, run.checkpoint_dir)
+    task = GridTask(run)
     requeued = task.checkpoint()
     assert isinstance(requeued, submitit.helpers.DelayedSubmission)
     assert requeued.function is task  # same command, so the requeued task resumes from the checkpoint
@@ -52,3 +52,31 @@ def test_slurm_without_a_cluster_is_one_line(env, capsys, monkeypatch):
     sweep = make_sweep(env, seeds=(1,), sleep=0.0)
     assert grid_main([sweep, "--results_dir", str(env / "R"), "--slurm"]) == 2
     assert "no SLURM cluster here" in capsys.readouterr().err
+
+
+def test_packs_are_array_tasks_and_a_requeued_pack_resumes_every_seed(tmp_path, monkeypatch, capsys):
+    """With --pack_seeds each array task is one main.py --seeds process (here the stand-in main.py of
+    test_grid_packs, which records what it runs); a requeued pack is the same task, whose command gives
+    every seed its own checkpoint folder and --resume."""
+    from tests.test_grid_packs import EXTRA, STAND_IN, write_sweep
+    from utils.grid import GridPack, make_pack
+    from utils.slurm import GridTask
+    from utils.stacked import for_seed
+    (tmp_path / "main.py").write_text(STAND_IN)
+    monkeypatch.setenv("LEDGER", str(tmp_path / "ledger.jsonl"))
+    sweep = write_sweep(tmp_path, program=str(tmp_path / "main.py"), seed=[1, 2, 3])
+    out = tmp_path / "R"
+    assert grid_main([sweep, "--results_dir", str(out), "--slurm_local", "--pack_seeds", "2", "--", *EXTRA]) == 0
+    printed = capsys.readouterr().out
+    assert "3 to submit" in printed and "submitted 2 task(s)" in printed and "all 3 submitted runs done" in printed
+    runs = plan(sweep, str(out), checkpoints=True, extra=EXTRA)
+    assert len(results_in(out)) == 3
+    starts = events(tmp_path, "start")
+    assert sorted(e["file"] for e in starts) == sorted(r.results_file for r in runs)
+    assert sorted(len([e for e in starts if e["pid"] == pid]) for pid in {e["pid"] for e in starts}) == [1, 2]
+    task = GridTask(make_pack(runs[:2]))
+    assert isinstance(task.unit, GridPack) and task.checkpoint().function is task
+    argv = task.unit.argv
+    template = [a for a in argv if a.startswith("--checkpoint_dir=")][0].split("=", 1)[1]
+    assert "--resume" in argv and [for_seed(template, r.params["seed"]) for r in runs[:2]] == \
+        [r.checkpoint_dir for r in runs[:2]]
