@@ -32,3 +32,26 @@ def test_bad_seed_flags_are_one_line(extra, message, capsys, tmp_path):
         main_module.main(flags)
     err = capsys.readouterr().err
     assert exc.value.code == 2 and message in err and err.count("\n") == 1
+
+
+def test_named_checkpoint_dir_is_each_seeds_single_run_folder(tmp_path, capsys):
+    """``--checkpoint_dir D/{name}`` (as sweep files give it): the run's results name, so each seed of
+    ``--seeds`` checkpoints where its single run ``--seed s`` would, and resumes it."""
+    from utils.args import parse_args
+    from utils.stacked import seed_args
+    folder = str(tmp_path / "checkpoints" / "{name}")
+    stacked = parse_args(FLAGS + ["--seeds", "1-2", "--results_dir", str(tmp_path), "--checkpoint_dir", folder,
+                                  "--resume=True"])
+    for seed in (1, 2):
+        single = parse_args(FLAGS + ["--seed", str(seed), "--results_dir", str(tmp_path), "--checkpoint_dir", folder,
+                                     "--resume=True"])
+        name = single.results_file[len(str(tmp_path)) + 1:-len(".json")]
+        assert single.checkpoint_dir == str(tmp_path / "checkpoints" / name) and single.resume is True
+        assert seed_args(stacked, seed).checkpoint_dir == single.checkpoint_dir
+    # A name shortened with a hash differs per seed in a way no {seed} template reproduces: one line.
+    long = ["--lr", "0.1", "--minibatch_size", "10", "--validation", "10", "--class_order", "3", "--n_tasks", "3",
+            "--max_steps_per_task", "5"]
+    with pytest.raises(SystemExit) as exc:
+        parse_args(FLAGS + long + ["--seeds", "1-2", "--results_file", "r{seed}.json", "--checkpoint_dir", folder])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and "{name}" in err and "hash" in err
