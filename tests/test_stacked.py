@@ -187,15 +187,6 @@ def test_what_does_not_stack_is_refused_in_one_line(flags, refusal):
     assert refusal in str(info.value) and "\n" not in str(info.value)
 
 
-def test_several_seeds_use_torchs_threads_unless_told():
-    """A single seq-digits run takes the dataset's one thread; a stacked run of several seeds torch's default
-    (its step is several runs' work), unless --num_threads is given."""
-    assert digits_args("--model", "sgd", "--lr", "0.1").num_threads == 1
-    assert digits_args("--model", "sgd", "--lr", "0.1", "--seeds", "1").num_threads == 1
-    assert digits_args("--model", "sgd", "--lr", "0.1", "--seeds", "1-3").num_threads is None
-    assert digits_args("--model", "sgd", "--lr", "0.1", "--seeds", "1-3", "--num_threads", "1").num_threads == 1
-
-
 def test_seed_lists_parse():
     assert parse_seeds("1-10") == list(range(1, 11))
     assert parse_seeds("1,4,7") == [1, 4, 7]

@@ -156,7 +156,7 @@ def build_parser() -> OneLineParser:
                    help="torch.compile the network: 0 (default), 1 (default mode) or a mode name, e.g. "
                         "reduce-overhead (CUDA graphs on CUDA)")
     s.add_argument("--num_threads", type=positive(int, high=os.cpu_count() or 1), metavar=f"1..{os.cpu_count() or 1}",
-                   help="CPU threads for torch (default: the dataset's choice, else torch's; with several --seeds torch's)")
+                   help="CPU threads for torch (default: the dataset's choice, else torch's)")
     for owners, flags in owned_flags().items():
         group = p.add_argument_group(f"flags of {', '.join(owners)}")
         for name, flag in flags.items():
@@ -218,10 +218,6 @@ def resolve(ns: argparse.Namespace) -> argparse.Namespace:
     dataset_cls = get_dataset_class(explicit["dataset"])
     values.update(backbone=dataset_cls.BACKBONE, n_epochs=dataset_cls.N_EPOCHS,
                   batch_size=dataset_cls.BATCH_SIZE, num_threads=dataset_cls.CPU_THREADS)
-    if len(explicit.get("seeds") or ()) > 1:
-        # A stacked step does every seed's work: large enough for torch's own threads (all cores) to pay off
-        # where a single run's step is not (docs/stacked.md); the MLP's stacked numbers are the same either way.
-        values["num_threads"] = None
     buffer_size = explicit.get("buffer_size", values["buffer_size"])
     if explicit.get("load_best_args"):
         try:
