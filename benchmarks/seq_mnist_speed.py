@@ -7,11 +7,12 @@ method with seq-mnist best arguments at ``--buffer_size``; buffer-less methods
 run without a buffer).  Each run's line gives its wall time and its ratio to ER's.
 
 ``--seeds 1-10`` times stacked runs instead (``main.py --seeds``, docs/stacked.md):
-for each method, one seed alone and the seeds as one stacked process,
-alternately ``--repeat`` times, and prints each one's median wall time, peak
-RSS and the stacked/one-seed ratio::
+for each method, one seed alone, the seeds as one stacked process and, with
+``--processes P``, the seeds split over P stacked processes at once (what the
+grid runner's ``--pack_seeds K --jobs P`` runs), alternately ``--repeat``
+times; prints each one's median wall time, peak RSS and ratio to one seed::
 
-    python -m benchmarks.seq_mnist_speed --models er --seeds 1-10 --repeat 3
+    python -m benchmarks.seq_mnist_speed --models er --seeds 1-10 --processes 2 --repeat 3
 
 Uses the MNIST files under ``--data_path`` (``MNIST/raw/``) when they are
 there, otherwise synthetic data of MNIST's exact shape (60,000 + 10,000
@@ -54,54 +55,71 @@ def write_synthetic_mnist(root: str, seed: int = 0) -> None:
         write_idx(os.path.join(raw, MNIST_FILES[split][1]), labels)
 
 
-def run_one(model: str, buffer_size: int, opts, data_path: str, tmp: str, seeds: list = ()) -> dict:
+def run_one(model: str, buffer_size: int, opts, data_path: str, tmp: str, groups: list = ()) -> dict:
     """``main.py`` in a subprocess: (results, wall seconds, the child's own peak RSS in MiB).
 
-    ``seeds``: the stacked run ``--seeds`` of these seeds instead of one seed (the results are the first
-    seed's)."""
-    out = os.path.join(tmp, f"{model}-s{{seed}}.json" if seeds else f"{model}.json")
-    cmd = [sys.executable, os.path.join(ROOT, "main.py"), "--dataset", "seq-mnist", "--model", model,
-           "--buffer_size", str(buffer_size), "--load_best_args", "--classifier", opts.classifier,
-           "--masked_softmax", str(opts.masked_softmax), "--data_path", data_path, "--device", opts.device,
-           "--results_file", out]
-    if seeds:
-        cmd += ["--seeds", ",".join(map(str, seeds))]
-        out = out.replace("{seed}", str(seeds[0]))
+    ``groups``: lists of seeds, each run as one stacked process (``--seeds``), all at once; the wall
+    time is until the last one ends, the peak RSS the largest child's, the results the first seed's."""
+    base = [sys.executable, os.path.join(ROOT, "main.py"), "--dataset", "seq-mnist", "--model", model,
+            "--buffer_size", str(buffer_size), "--load_best_args", "--classifier", opts.classifier,
+            "--masked_softmax", str(opts.masked_softmax), "--data_path", data_path, "--device", opts.device]
+    if not groups:
+        commands, out = [base + ["--results_file", os.path.join(tmp, f"{model}.json")]], f"{model}.json"
+    else:
+        threads = ["--num_threads", str(opts.stacked_threads)] if opts.stacked_threads else []
+        commands = [base + ["--results_file", os.path.join(tmp, f"{model}-s{{seed}}.json"),
+                            "--seeds", ",".join(map(str, seeds))] + threads for seeds in groups]
+        out = f"{model}-s{groups[0][0]}.json"
     start = time.perf_counter()
-    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp)
-    _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage, not the maximum over all children
+    children = []
+    for i, cmd in enumerate(commands):
+        err = open(os.path.join(tmp, f"stderr-{i}.txt"), "w+")
+        children.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=tmp), err))
+    peak, failure = 0.0, None
+    for child, err in children:
+        _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage, not the maximum over all children
+        peak = max(peak, usage.ru_maxrss / 1024)
+        err.seek(0)
+        lines = err.read().strip().splitlines()
+        err.close()
+        if os.waitstatus_to_exitcode(status) != 0 and failure is None:
+            failure = lines[-1] if lines else f"exit status {status}"
     wall = time.perf_counter() - start
-    error = child.stderr.read().decode(errors="replace").strip().splitlines()
-    child.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        return {"model": model, "error": error[-1] if error else f"exit status {status}"}
-    with open(out) as f:
+    if failure is not None:
+        return {"model": model, "error": failure}
+    with open(os.path.join(tmp, out)) as f:
         res = json.load(f)
-    return {"model": model, "wall": wall, "peak_mib": usage.ru_maxrss / 1024, "res": res}
+    return {"model": model, "wall": wall, "peak_mib": peak, "res": res}
 
 
 def compare_stacked(model: str, opts, data_path: str, tmp: str) -> None:
-    """One seed against ``opts.seeds`` stacked, each timed ``opts.repeat`` times, alternating."""
+    """One seed against ``opts.seeds`` stacked in one process and, with ``opts.processes``, split over that
+    many stacked processes at once (what ``utils.grid --pack_seeds K --jobs P`` runs); each timed
+    ``opts.repeat`` times, alternating."""
     from models import get_model_class
     buffer_size = opts.buffer_size if get_model_class(model).USES_BUFFER else 0
-    timed = {"one": [], "stacked": []}
+    seeds, per = opts.seeds, -(-len(opts.seeds) // opts.processes)
+    kinds = {"1 seed": [], f"{len(seeds)} seeds stacked": [seeds]}
+    if opts.processes > 1:
+        kinds[f"{opts.processes} processes of {per}"] = [seeds[i:i + per] for i in range(0, len(seeds), per)]
+    timed = {kind: [] for kind in kinds}
     for _ in range(opts.repeat):
-        for kind, seeds in (("one", ()), ("stacked", opts.seeds)):
-            row = run_one(model, buffer_size, opts, data_path, tmp, seeds)
+        for kind, groups in kinds.items():
+            row = run_one(model, buffer_size, opts, data_path, tmp, groups)
             if "error" in row:
                 print(f"{model} ({kind}) failed: {row['error']}", flush=True)
                 return
             timed[kind].append(row)
-    medians = {}
+    threads = f", --num_threads {opts.stacked_threads}" if opts.stacked_threads else ""
+    print(f"{model}: median wall time of {opts.repeat} alternating runs each (stacked runs{threads or ' with the dataset default threads'})")
+    one = None
     for kind, rows in timed.items():
         walls = sorted(r["wall"] for r in rows)
-        medians[kind] = walls[len(walls) // 2]
-        label = "1 seed" if kind == "one" else f"{len(opts.seeds)} seeds stacked"
-        print(f"{model:8s} {label:18s} {medians[kind]:7.2f} s (runs: {', '.join(f'{w:.2f}' for w in walls)})  "
-              f"peak RSS {max(r['peak_mib'] for r in rows):5.0f} MiB  Class-IL {rows[0]['res']['class_il']:6.2f}",
-              flush=True)
-    print(f"{model:8s} {len(opts.seeds)} seeds stacked / 1 seed: {medians['stacked'] / medians['one']:.2f}x wall time "
-          f"({len(opts.seeds) * medians['one'] / medians['stacked']:.1f}x the runs per second)", flush=True)
+        median = walls[len(walls) // 2]
+        one = one or median
+        ratio = "" if kind == "1 seed" else f"  {median / one:.2f}x one seed's time, {len(seeds) * one / median:.1f}x its runs/s"
+        print(f"  {kind:24s} {median:7.2f} s (runs: {', '.join(f'{w:.2f}' for w in walls)})  "
+              f"peak RSS {max(r['peak_mib'] for r in rows):5.0f} MiB{ratio}", flush=True)
 
 
 def default_models(buffer_size: int) -> list:
@@ -123,6 +141,10 @@ def main() -> None:
     p.add_argument("--masked_softmax", type=int, default=1, choices=(0, 1))
     p.add_argument("--buffer_size", type=int, default=200)
     p.add_argument("--seeds", type=parse_seeds, help="time one seed against these seeds stacked, e.g. 1-10")
+    p.add_argument("--stacked_threads", type=int, help="with --seeds: the stacked run's --num_threads (default: "
+                                                          "the dataset's, one; the single seed keeps its default)")
+    p.add_argument("--processes", type=int, default=1, help="with --seeds: also time the seeds split over this many "
+                                                                "stacked processes at once (e.g. 2 on 2 cores)")
     p.add_argument("--repeat", type=int, default=1, help="with --seeds: timings of each, alternating (median)")
     opts = p.parse_args()
     models = ([m for part in opts.models for m in part.split(",") if m] if opts.models
@@ -140,7 +162,7 @@ def main() -> None:
         data_path = os.path.abspath(opts.data_path) if real else tmp
         if not real:
             write_synthetic_mnist(tmp)
-        print(f"data: {'real MNIST' if real else 'synthetic MNIST-shaped'}; {opts.classifier}, "
+        print(f"data: {'MNIST files in ' + raw if real else 'synthetic MNIST-shaped'}; {opts.classifier}, "
               f"masked={opts.masked_softmax}, buffer {opts.buffer_size}, device {opts.device}", flush=True)
         if opts.seeds:
             for model in models:
