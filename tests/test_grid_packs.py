@@ -104,6 +104,9 @@ def test_packs_group_exactly_the_runs_that_differ_in_their_seed(tmp_path, monkey
                 assert for_seed(args.results_file, run.params["seed"]) == run.results_file
     assert capsys.readouterr().out == ""  # nothing refused
     assert (pack_size("auto", True), pack_size("auto", False), pack_size(7, False)) == (64, 1, 7)
+    # auto on the CPU: a configuration's seeds shared out over the processes that run at once
+    assert [pack_size("auto", False, runs, slots) for slots in (1, 2, 3)] == [5, 3, 2]
+    assert pack_size("auto", True, runs, 2) == 64
     assert packable(runs, 1, sys.stdout) == {}
 
 

@@ -39,7 +39,8 @@ pack's log, ``DIR/logs/<name with seed=a+b+c>.log``), so skip-done, claims and r
 a pack that was interrupted may be formed again differently, or not at all.  A configuration that
 ``main.py --seeds`` refuses (``utils.stacked.check_stackable``: a method, head or flag it does not stack,
 wandb logging) runs one process per seed, with one line saying why.  ``auto`` (the default): with CUDA
-devices every pending seed of a configuration (at most 64), on the CPU none.
+devices every pending seed of a configuration (at most 64), on the CPU a configuration's seeds shared out
+over the ``--jobs`` processes (10 seeds, ``--jobs 2``: two packs of 5).
 
 Many runners, one folder: before starting a run the runner claims it (``utils.claims``: an
 atomic file create, ``DIR/<name>.claim``, with a heartbeat), so any number of runners on any
@@ -288,12 +289,17 @@ def runner_flags(results_file: str, checkpoint_dir: Optional[str]) -> List[str]:
 
 # ----------------------------------------------------------------------------- seeds packed into one process
 
-def pack_size(value: Union[str, int], on_gpus: bool) -> int:
+def pack_size(value: Union[str, int], on_gpus: bool, runs: List[GridRun] = (), slots: int = 1) -> int:
     """Seeds per process for ``--pack_seeds``: a number as given; ``auto``, ``PACK_AUTO_MAX`` when the runs get
-    CUDA devices, else 1 (on a CPU, stacking gains less than processes side by side: see --pack_seeds)."""
-    if value == "auto":
-        return PACK_AUTO_MAX if on_gpus else 1
-    return int(value)
+    CUDA devices, else a configuration's seeds shared out over the ``slots`` processes that run at once (on 2
+    cores ten MLP seeds as two processes of 5 take about twice one seed's time, one process of 10 about 2.6x,
+    ten single runs two at a time 5x: docs/stacked.md)."""
+    if value != "auto":
+        return int(value)
+    if on_gpus:
+        return PACK_AUTO_MAX
+    largest = max((len(group) for group in seed_groups(list(runs))), default=1)
+    return max(1, min(PACK_AUTO_MAX, -(-largest // max(1, slots))))
 
 
 def seed_groups(runs: List[GridRun]) -> List[List[GridRun]]:
@@ -737,9 +743,10 @@ def main(argv: Optional[list] = None) -> int:
                         f"their seed) as one stacked main.py --seeds process, each seed keeping its own results "
                         f"file, checkpoint and log; configurations main.py cannot stack run one process per seed "
                         f"(one line says why). auto (default): with CUDA devices all of a configuration's pending "
-                        f"seeds (at most {PACK_AUTO_MAX}), on the CPU 1, no packing: on a 2-core CPU one process "
-                        f"of 10 stacked MLP seeds takes ~2.4-2.9x one seed's time, and two processes of 5 stack "
-                        f"better (--pack_seeds 5 --jobs 2). 1: no packing")
+                        f"seeds (at most {PACK_AUTO_MAX}); on the CPU a configuration's pending seeds shared out "
+                        f"over the --jobs processes (10 seeds, --jobs 2: packs of 5; on 2 cores ten MLP seeds "
+                        f"then take ~2x one seed's time, against 5x as single runs). 1: no packing (e.g. ResNet "
+                        f"grids on a CPU, where grouped convolutions are slower than separate ones)")
     p.add_argument("--checkpoints", action="store_true", default=True,
                    help="(the default) checkpoint each run after every task (under DIR/checkpoints) and resume "
                         "interrupted runs from there on restart; the program must take --checkpoint_dir and --resume")
@@ -781,7 +788,9 @@ def main(argv: Optional[list] = None) -> int:
     else:
         gpus = chosen_devices(args.gpus)
         on_gpus = bool(gpus)
-    pack_seeds = pack_size(args.pack_seeds, on_gpus)
+    slots = device_slots(gpus, args.per_gpu, args.jobs)
+    pack_seeds = pack_size(args.pack_seeds, on_gpus, [run for run in runs if not os.path.exists(run.results_file)],
+                           1 if args.slurm or args.slurm_local else len(slots))
     if args.dry_run:
         pending = [run for run in runs if not os.path.exists(run.results_file)]
         for unit in form_packs(pending, packable(pending, pack_seeds, sys.stderr), pack_seeds):
@@ -792,7 +801,6 @@ def main(argv: Optional[list] = None) -> int:
     if args.slurm or args.slurm_local:
         from utils import slurm
         return slurm.submit(runs, args, out=sys.stdout, pack_seeds=pack_seeds)
-    slots = device_slots(gpus, args.per_gpu, args.jobs)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # stopped like Ctrl-C: the runs are stopped too
     try:
         return 1 if run_grid(runs, slots=slots, claim_timeout_s=args.claim_timeout, pack_seeds=pack_seeds) else 0
