@@ -21,6 +21,8 @@ import sys
 import numpy as np
 import pytest
 
+from utils.stacked import parse_seeds
+
 from datasets.utils.cifar_io import write_cifar
 from tests.conftest import write_mnist
 
@@ -84,7 +86,11 @@ def test_run_commands_work_as_written(command, data_dir, tmp_path):
         parse_args(with_flag(argv[1:], "--device", "cpu"))  # a bad flag or value exits with code 2
         return
     argv = with_flag(argv, "--data_path", data_dir)
-    argv = with_flag(argv, "--results_file", str(tmp_path / "r.json"))
+    results = tmp_path / "R"
+    if "--results_dir" in argv:  # each run (each seed with --seeds) writes its own file there
+        argv = with_flag(argv, "--results_dir", str(results))
+    else:
+        argv = with_flag(argv, "--results_file", str(results / ("r-{seed}.json" if "--seeds" in argv else "r.json")))
     argv = with_flag(argv, "--device", "cpu")
     if argv[0].endswith("main.py"):
         argv = with_flag(argv, "--debug_mode", "1")
@@ -94,7 +100,9 @@ def test_run_commands_work_as_written(command, data_dir, tmp_path):
     done = subprocess.run([sys.executable] + argv, cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": ROOT, "WANDB_MODE": "disabled"})
     assert done.returncode == 0, f"{command}\n{done.stderr[-2000:]}"
-    assert (tmp_path / "r.json").exists()
+    seeds = argv[argv.index("--seeds") + 1] if "--seeds" in argv else "1"
+    written = sorted(results.glob("*.json"))
+    assert len(written) == len(parse_seeds(seeds)), written  # one results file per seed
 
 
 @pytest.mark.parametrize("command", HELP)
