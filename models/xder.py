@@ -246,9 +246,6 @@ class XDER(ContinualModel):
     }
 
     def __init__(self, net, args, setting):
-        for name, flag in self.FLAGS.items():  # a flag another method also declares may arrive unset
-            if getattr(args, name, None) is None:
-                setattr(args, name, flag.default)
         if get_dataset_class(args.dataset).DOMAIN_IL:
             raise UserError(f"--model xder gives every task its own head of new classes; {args.dataset} is "
                             f"domain-incremental (every task holds the same classes): use a class-incremental "

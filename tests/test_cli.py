@@ -58,6 +58,19 @@ def test_best_args_fill_and_explicit_flags_win(make_args):
     assert (a.lr, a.alpha, a.beta) == (0.5, 1.0, 0.0)
 
 
+def test_a_flag_two_methods_declare_takes_the_chosen_methods_default(make_args, capsys):
+    """--gamma: oEWC's required decay, X-DER's 0.85 by default; whichever method is chosen, its own declaration
+    decides (not the first method that declares the name)."""
+    base = ("--dataset", "seq-digits", "--lr", "0.1")
+    xder = make_args(*base, "--model", "xder", "--buffer_size", "50", "--alpha", "0.1", "--beta", "0.5")
+    assert xder.gamma == 0.85
+    assert make_args(*base, "--model", "xder", "--buffer_size", "50", "--alpha", "0.1", "--beta", "0.5",
+                     "--gamma", "0.5").gamma == 0.5
+    with pytest.raises(SystemExit):
+        make_args(*base, "--model", "ewc_on", "--e_lambda", "1")
+    assert "--gamma" in capsys.readouterr().err
+
+
 def test_best_args_cover_every_benchmark_of_the_paper_table(make_args):
     from models import get_model_class
     BEST_ARGS = {d: {m: get_model_class(m).BEST_ARGS[d] for m in ("er", "derpp")}

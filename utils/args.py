@@ -236,10 +236,10 @@ def resolve(ns: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--model {explicit['model']} replays from a buffer: give --buffer_size > 0 "
                          f"(got {values['buffer_size']})")
     own = {**model_cls.FLAGS, **get_head_class(values["classifier"]).FLAGS}
-    for name, (flag, owners) in flag_owners().items():
+    for name, (_, owners) in flag_owners().items():
         if name in own:
             if values.get(name) is None:
-                values[name] = flag.default
+                values[name] = own[name].default  # the chosen method's own default (methods may differ)
         elif name in explicit:
             raise ValueError(f"--{name} is a flag of {', '.join(owners)}, not of --model {model} "
                              f"--classifier {values['classifier']}")
