@@ -1,10 +1,23 @@
 import os
+import signal
 
 import numpy as np
 import pytest
 
 from datasets.utils.idx import MNIST_FILES, write_idx
 from utils.args import parse_args
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sigint_reaches_children():
+    """Tests interrupt runs with SIGINT (Ctrl-C).  A shell starts a background job with SIGINT ignored, and
+    an ignored signal stays ignored in every child, where Python then installs no KeyboardInterrupt:
+    give this process a handler, so the processes the tests start get SIGINT's default back."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="session", autouse=True)
