@@ -13,7 +13,7 @@ from utils.errors import UserError
 from utils.seeding import make_generator
 
 GRAD_CLIP = 10.0  # GDumb's code clips the gradient norm at 10 on every step ("always be safe")
-# GDumb's published recipe (the paper and its code's defaults); lr only satisfies the parser (unused).
+# GDumb's published recipe (the paper and its code's defaults); GDumb takes no step with --lr.
 PAPER_RECIPE = dict(lr=0.05, n_epochs=1, maxlr=0.05, minlr=0.0005, fitting_epochs=256, cutmix_alpha=1.0,
                     optim_mom=0.9, optim_wd=1e-6)
 
@@ -59,6 +59,7 @@ class GDumb(ContinualModel):
     """
 
     USES_BUFFER = True
+    USES_LR = False  # the retraining runs from --maxlr to --minlr; no step is taken with --lr
     FLAGS = {
         "maxlr": Flag(positive(float), 0.05, "gdumb: peak learning rate of the retraining"),
         "minlr": Flag(non_negative(float), 0.0005, "gdumb: lowest learning rate of the retraining's cosine cycles"),
@@ -71,7 +72,7 @@ class GDumb(ContinualModel):
         "fit_every_task": Flag(binary, 1, "gdumb: 1 retrains after every task (a model at each evaluation, as the "
                                           "paper); 0 after the last task only (Mammoth)", metavar="{0,1}"),
     }
-    # --load_best_args: dataset -> buffer size -> flags.  lr is required by the parser but unused (see above).
+    # --load_best_args: dataset -> buffer size -> flags.  lr is not used (see above).
     # seq-cifar100: Mammoth's table (utils/best_args.py, the X-DER paper's protocol), buffers 500 and 2000.
     # seq-mnist, seq-cifar10, seq-tinyimg: none published (Mammoth's gdumb.yaml only sets lr: 0 for
     #   seq-cifar10 at 500, i.e. GDumb's defaults); these rows are the paper's recipe (SGD momentum 0.9,
@@ -109,6 +110,13 @@ class GDumb(ContinualModel):
 
     def generators(self) -> dict:
         return {**super().generators(), "gdumb": self.fit_generator}
+
+    def build_optimizer(self):
+        """None: no step is taken on the stream (the retraining builds its own optimizer)."""
+        return None
+
+    def build_scheduler(self, opt):
+        return None
 
     def observe(self, inputs, labels, not_aug_inputs):
         self.buffer.add(examples=not_aug_inputs, labels=labels)

@@ -39,7 +39,7 @@ from utils.training import TaskData, build_network, build_run, run_experiment
 FLAGS = {
     "xder": ["--alpha", "0.2", "--beta", "1.0", "--lr", "0.03", "--simclr_batch_size", "8", "--simclr_num_aug", "2"],
     "icarl": ["--lr", "0.1"],
-    "gdumb": ["--lr", "0.1", "--maxlr", "0.1", "--fitting_epochs", "16"],
+    "gdumb": ["--maxlr", "0.1", "--fitting_epochs", "16"],
 }
 MASKED = {"xder": ("0", "1"), "icarl": ("0",), "gdumb": ("0",)}
 
@@ -435,3 +435,17 @@ def test_resumed_run_ends_like_an_uninterrupted_one(make_args, tmp_path, method)
     resumed = run_experiment(make_args(*flags, *ckpt), log=quiet)
     assert resumed["acc_matrix_class_il"] == whole["acc_matrix_class_il"]
     assert resumed["acc_matrix_task_il"] == whole["acc_matrix_task_il"]
+
+
+def test_gdumb_needs_no_lr_and_takes_no_stream_steps(make_args, capsys):
+    """GDumb only fills its memory on the stream and retrains from --maxlr to --minlr: --lr is not asked for
+    and no stream optimizer is built (its checkpoints resume without one: the resume test's GDumb flags give
+    no --lr).  Methods that step with --lr still require it."""
+    args = make_args("--dataset", "seq-digits", "--model", "gdumb", "--buffer_size", "50", "--n_epochs", "1")
+    assert args.lr is None
+    run = build_run(args)
+    run.model.prepare_task(0)
+    assert run.model.opt is None and run.model.scheduler is None
+    with pytest.raises(SystemExit):
+        make_args("--dataset", "seq-digits", "--model", "er", "--buffer_size", "50", "--minibatch_size", "10")
+    assert "--lr" in capsys.readouterr().err

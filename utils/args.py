@@ -245,7 +245,7 @@ def resolve(ns: argparse.Namespace) -> argparse.Namespace:
                              f"--classifier {values['classifier']}")
         else:
             values[name] = None
-    missing = ["lr"] * (values.get("lr") is None) + [n for n, f in model_cls.FLAGS.items()
+    missing = ["lr"] * (values.get("lr") is None and model_cls.USES_LR) + [n for n, f in model_cls.FLAGS.items()
                                                       if f.required and values.get(n) is None]
     if missing:
         raise ValueError(f"--model {explicit['model']} needs " + ", ".join(f"--{m}" for m in missing)

@@ -423,6 +423,8 @@ def _prepare_optimizer(path: str, run, state: dict):
     if state["optimizer"] is None:
         return None, None
     opt = run.model.build_optimizer()
+    if opt is None:  # a method that takes no optimizer steps (GDumb): an older checkpoint's state is moot
+        return None, None
     load_state(path, "optimizer", opt, state["optimizer"])
     scheduler = run.model.build_scheduler(opt)
     if state["scheduler"] is not None:
