@@ -104,12 +104,12 @@ class ReservoirBuffer(BufferStorage):
         n = self.num_seen + torch.arange(batch, device=self.device)
         draw = torch.randint(0, _BIG, (batch,), device=self.device, generator=self.generator) % (n + 1)
         slot = torch.where(n < self.size, n, draw)
-        slot = torch.where(slot < self.size, slot, torch.full_like(slot, self.size))
+        slot = torch.where(slot < self.size, slot, self.size)
         # Last writer wins: keep a sample only if no later sample of the batch takes its slot.
         position = torch.arange(batch, device=self.device)
         last = torch.full((self.size + 1,), -1, dtype=torch.long, device=self.device)
         last.scatter_reduce_(0, slot, position, reduce="amax")
-        return torch.where(last[slot] == position, slot, torch.full_like(slot, self.size))
+        return torch.where(last[slot] == position, slot, self.size)
 
     @torch.no_grad()
     def add(self, **tensors: torch.Tensor) -> None:

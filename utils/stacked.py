@@ -442,12 +442,12 @@ class StackedBuffer:
         draw = torch.stack([torch.randint(0, _BIG, (batch,), device=device, generator=b.generator)
                             for b in self.buffers], 1) % (n + 1)
         slot = torch.where(n < size, n, draw)
-        slot = torch.where(slot < size, slot, torch.full_like(slot, size))
+        slot = torch.where(slot < size, slot, size)
         # Last writer wins within each seed's column, as sequential insertion would have it.
         position = torch.arange(batch, device=device).unsqueeze(1).expand_as(slot)
         last = torch.full((size + 1, len(self.buffers)), -1, dtype=torch.long, device=device)
         last.scatter_reduce_(0, slot, position, reduce="amax")
-        return torch.where(last.gather(0, slot) == position, slot, torch.full_like(slot, size))
+        return torch.where(last.gather(0, slot) == position, slot, size)
 
     @torch.no_grad()
     def add(self, **tensors: torch.Tensor) -> None:

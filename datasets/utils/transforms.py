@@ -46,7 +46,8 @@ class DeviceTransform:
         return self.crop_padding > 0 or self.flip
 
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float() / self.scale
+        # uint8 pixels: one kernel casts and divides (the same float32 values as .float() / scale)
+        x = x.div(self.scale) if x.dtype == torch.uint8 else x.float() / self.scale
         if self.mean is not None:
             mean = self.mean.to(x.device)
             std = self.std.to(x.device)
