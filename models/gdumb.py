@@ -99,7 +99,6 @@ class GDumb(ContinualModel):
         self.last_task = (getattr(args, "n_tasks", None) or get_dataset_class(args.dataset).N_TASKS) - 1
         self.fit_generator = make_generator(args.seed, "gdumb", setting.device)
         self.zero = torch.zeros((), device=setting.device)
-        self.has_batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
 
     def build_buffer(self):
         return ClassBalancedBuffer(self.args.buffer_size, len(self.setting.task_of_class), self.setting.device,
@@ -113,9 +112,6 @@ class GDumb(ContinualModel):
 
     def build_optimizer(self):
         """None: no step is taken on the stream (the retraining builds its own optimizer)."""
-        return None
-
-    def build_scheduler(self, opt):
         return None
 
     def observe(self, inputs, labels, not_aug_inputs):
@@ -147,7 +143,7 @@ class GDumb(ContinualModel):
                 restarts.step()
             order = torch.randperm(n, device=self.device, generator=self.fit_generator)
             batches = list(order.split(args.batch_size))
-            if self.has_batch_norm and len(batches) > 1 and len(batches[-1]) == 1:
+            if self.bn_layers and len(batches) > 1 and len(batches[-1]) == 1:
                 batches[-2:] = [torch.cat(batches[-2:])]  # batch norm cannot normalise a single sample
             for idx in batches:
                 self.fit_step(opt, self.setting.augment(examples[idx]), labels[idx], rng)

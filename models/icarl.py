@@ -1,13 +1,10 @@
-import copy
-
 import torch
 import torch.nn.functional as F
 
 from datasets import get_dataset_class
 from models import register_model
-from models.continual_model import ContinualModel
+from models.sigmoid_distillation import SigmoidDistillation
 from utils.buffer import ClassBalancedBuffer
-from utils.cli import Flag, non_negative
 from utils.errors import UserError
 
 
@@ -52,7 +49,7 @@ def herding(features: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor,
 
 
 @register_model("icarl")
-class ICaRL(ContinualModel):
+class ICaRL(SigmoidDistillation):
     """iCaRL (Rebuffi et al., CVPR 2017), as the paper and Mammoth's ``icarl``.
 
     Training: every class seen so far has a sigmoid, trained with binary
@@ -76,7 +73,7 @@ class ICaRL(ContinualModel):
     """
 
     USES_BUFFER = True
-    FLAGS = {"optim_wd": Flag(non_negative(float), 0.0, "SGD weight decay (Mammoth's --optim_wd)")}
+    FLAGS = SigmoidDistillation.FLAGS
     # --load_best_args: dataset -> buffer size -> flags.
     # seq-mnist, seq-cifar10, seq-tinyimg: Mammoth's table (utils/best_args.py, the DER paper's grid);
     #   its seq-cifar10 row at 5120 gives no weight decay (0 here).
@@ -100,12 +97,8 @@ class ICaRL(ContinualModel):
                             f"(every task holds the same classes): use a class-incremental benchmark")
         super().__init__(net, args, setting)
         num_classes = len(setting.task_of_class)
-        self.old_net = copy.deepcopy(net).requires_grad_(False).eval()
         self.register_buffer("class_means", torch.zeros(num_classes, net.backbone.feature_dim, device=setting.device))
         self.register_buffer("has_mean", torch.zeros(num_classes, dtype=torch.bool, device=setting.device))
-        self.has_batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
-        self.columns = torch.arange(num_classes, device=setting.device)  # the classes seen so far (set per task)
-        self.old_column = torch.zeros(num_classes, dtype=torch.bool, device=setting.device)
         self.n_exemplars = 0      # exemplars replayed during this task (fixed at its start)
         self.steps_per_epoch = 1
         self.step = 0             # within the epoch
@@ -115,21 +108,11 @@ class ICaRL(ContinualModel):
         return ClassBalancedBuffer(self.args.buffer_size, len(self.setting.task_of_class), self.setting.device,
                                    self.setting.buffer_generator)
 
-    def build_optimizer(self):
-        return torch.optim.SGD(self.net.parameters(), lr=self.args.lr, weight_decay=self.args.optim_wd)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.old_net.eval()  # the previous network's batch-norm statistics stay as they were
-        return self
-
     def begin_task(self, task, data):
-        task_of_class = self.setting.task_of_class
-        self.columns = torch.nonzero(task_of_class <= task).flatten()  # once per task
-        self.old_column = task_of_class[self.columns] < task
+        super().begin_task(task, data)
         self.n_exemplars = len(self.buffer)
         batches = -(-len(data) // self.args.batch_size)
-        if self.has_batch_norm and batches > 1 and len(data) % self.args.batch_size == 1:
+        if self.bn_layers and batches > 1 and len(data) % self.args.batch_size == 1:
             batches -= 1  # the trainer joins a last single sample to the batch before
         self.steps_per_epoch = batches
         self.new_epoch()
@@ -160,19 +143,9 @@ class ICaRL(ContinualModel):
             if extra is not None:
                 inputs, labels = torch.cat((inputs, extra[0])), torch.cat((labels, extra[1]))
         self.opt.zero_grad(set_to_none=True)
-        loss = self.backward(lambda: self.loss(inputs, labels))
+        loss = self.backward(lambda: self.distillation_loss(inputs, labels))
         self.opt.step()
         return loss
-
-    def loss(self, inputs, labels):
-        """Binary cross-entropy over the classes seen so far; earlier classes' targets are the old network's."""
-        logits = self.net(inputs)[:, self.columns].float()
-        targets = F.one_hot(labels, len(self.setting.task_of_class)).float()[:, self.columns]
-        if self.current_task > 0:
-            with torch.no_grad():
-                old = torch.sigmoid(self.old_net(inputs)[:, self.columns].float())
-            targets = torch.where(self.old_column, old, targets)
-        return F.binary_cross_entropy_with_logits(logits, targets)
 
     @torch.no_grad()
     def features(self, x: torch.Tensor, prepare) -> torch.Tensor:
@@ -188,8 +161,7 @@ class ICaRL(ContinualModel):
         return F.normalize(torch.cat(out), dim=1)
 
     def end_task(self, task, data):
-        plain = getattr(self.net, "_orig_mod", self.net)  # the plain module when --compile wrapped it
-        self.old_net.load_state_dict(plain.state_dict())
+        super().end_task(task, data)
         self.update_memory(task, data)
         self.compute_class_means(data.prepare)
 

@@ -337,7 +337,7 @@ def test_icarl_replays_every_exemplar_once_per_epoch_spread_over_its_batches(mak
     model.buffer.add_balanced(torch.full((4,), 5), examples=torch.rand(7, 3), labels=torch.tensor([0, 1] * 3 + [0]))
     for n in (1, 9, 10, 11, 21, 30):
         for batch_norm in (False, True):
-            model.has_batch_norm, args.batch_size = batch_norm, 10
+            model.bn_layers, args.batch_size = [nn.BatchNorm1d(1)] if batch_norm else [], 10
             model.begin_task(1, task_data(1, torch.rand(n, 3), torch.full((n,), 2)))
             steps = len(epoch_batches(torch.arange(n), 10, 2 if batch_norm else 1))
             assert model.steps_per_epoch == steps

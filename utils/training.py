@@ -121,10 +121,9 @@ def build_run(args, dataset: ContinualDataset | None = None) -> Run:
     model = get_model_class(args.model)(net, args, setting)
     if args.compile:
         model.net = torch.compile(model.net, mode=args.compile)
-    has_batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
     return Run(args, dataset, model, train, test, task_of_class,
                make_generator(args.seed, "data-order", device), augment_generator, transform,
-               min_batch=2 if has_batch_norm else 1, validation=validation,
+               min_batch=2 if model.bn_layers else 1, validation=validation,
                class_order=None if perm is None else perm.tolist())
 
 
