@@ -1,6 +1,8 @@
 """The base class of every continual-learning method."""
 from __future__ import annotations
 
+import functools
+import operator
 from dataclasses import dataclass
 from typing import Callable
 
@@ -43,20 +45,12 @@ def backward_terms(net: nn.Module, terms: list, backward: Callable, batch_norm: 
     ``utils.stacked.Stack``), so a stacked seed computes its single run's step.
     """
     if batch_norm or len(terms) == 1:
-        total = None
-        for x, loss_of in terms:
-            term = backward(lambda: loss_of(net(x)))
-            total = term if total is None else total + term
-        return total
+        return functools.reduce(operator.add, [backward(lambda: loss_of(net(x))) for x, loss_of in terms])
     sizes = [len(x) for x, _ in terms]
 
     def summed():
         outs = net(torch.cat([x for x, _ in terms])).split(sizes)
-        total = None
-        for out, (_, loss_of) in zip(outs, terms):
-            term = loss_of(out)
-            total = term if total is None else total + term
-        return total
+        return functools.reduce(operator.add, [loss_of(out) for out, (_, loss_of) in zip(outs, terms)])
     return backward(summed)
 
 
