@@ -33,6 +33,7 @@ import time
 import numpy as np
 
 from datasets.utils.idx import MNIST_FILES, find_file, write_idx
+from utils.cli import positive
 from utils.stacked import parse_seeds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -141,11 +142,11 @@ def main() -> None:
     p.add_argument("--masked_softmax", type=int, default=1, choices=(0, 1))
     p.add_argument("--buffer_size", type=int, default=200)
     p.add_argument("--seeds", type=parse_seeds, help="time one seed against these seeds stacked, e.g. 1-10")
-    p.add_argument("--stacked_threads", type=int, help="with --seeds: the stacked run's --num_threads (default: "
+    p.add_argument("--stacked_threads", type=positive(int), help="with --seeds: the stacked run's --num_threads (default: "
                                                           "the dataset's, one; the single seed keeps its default)")
-    p.add_argument("--processes", type=int, default=1, help="with --seeds: also time the seeds split over this many "
+    p.add_argument("--processes", type=positive(int), default=1, help="with --seeds: also time the seeds split over this many "
                                                                 "stacked processes at once (e.g. 2 on 2 cores)")
-    p.add_argument("--repeat", type=int, default=1, help="with --seeds: timings of each, alternating (median)")
+    p.add_argument("--repeat", type=positive(int), default=1, help="with --seeds: timings of each, alternating (median)")
     opts = p.parse_args()
     models = ([m for part in opts.models for m in part.split(",") if m] if opts.models
               else default_models(opts.buffer_size))
