@@ -5,6 +5,8 @@ import sys
 
 from utils.args import parse_args
 from utils.entry import run_entry
+from utils.stacked import run_seeds
+from utils.training import run_experiment
 
 
 def final_line(args, results: dict) -> str:
@@ -19,13 +21,10 @@ def final_line(args, results: dict) -> str:
 
 def main(argv=None) -> int:
     """Parse, then run as every entry point does (``utils.entry``): outputs checked first, one process per run,
-    SIGTERM as Ctrl-C with the checkpoint kept, one-line errors (exit 2), results written atomically."""
+    SIGTERM as Ctrl-C with the checkpoint kept, one-line errors (exit 2), results written atomically.
+    ``--seeds`` trains its seeds as one stacked model (``utils.stacked``), each seed with its single run's outputs."""
     args = parse_args(argv)
-    if args.seeds:  # stacked seeds: every seed's outputs are checked, locked and written by utils.stacked
-        from utils.stacked import run_seeds_and_write
-        return run_entry("main.py", args, lambda a: run_seeds_and_write(a, final_line), final_line, writes=False)
-    from utils.training import run_experiment
-    return run_entry("main.py", args, run_experiment, final_line)
+    return run_entry("main.py", args, run_seeds if args.seeds else run_experiment, final_line)
 
 
 if __name__ == "__main__":

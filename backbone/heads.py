@@ -18,9 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from backbone import get_backbone_class
 from utils.cli import Flag, binary
 from utils.errors import UserError
 from utils.registry import lookup, names, registrar
+from utils.seeding import make_generator
 
 HEADS: dict = {}
 register_head = registrar(HEADS, "classifier")
@@ -171,3 +173,14 @@ class Network(nn.Module):
         h = self.backbone(x)
         logits = self.head(h)
         return (logits, h) if return_features else logits
+
+
+def build_network(args, input_shape: tuple, num_classes: int) -> Network:
+    """Backbone first, then the head: the backbone's initialisation does not depend on the head,
+    and the FNO partition comes from its own generator, so FC and FNO runs share every shared layer."""
+    backbone = get_backbone_class(args.backbone)(input_shape)
+    head = make_head(args.classifier, backbone.feature_dim, num_classes, make_generator(args.seed, "fno-partition"),
+                     args)
+    if hasattr(backbone, "init_head"):  # a backbone whose reference code also initialises the classifier
+        backbone.init_head(head)
+    return Network(backbone, head)

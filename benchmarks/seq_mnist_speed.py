@@ -33,8 +33,9 @@ import time
 import numpy as np
 
 from datasets.utils.idx import MNIST_FILES, find_file, write_idx
+from models import get_model_class, model_names
 from utils.cli import positive
-from utils.stacked import parse_seeds
+from utils.seeds import parse_seeds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,7 +98,6 @@ def compare_stacked(model: str, opts, data_path: str, tmp: str) -> None:
     """One seed against ``opts.seeds`` stacked in one process and, with ``opts.processes``, split over that
     many stacked processes at once (what ``utils.grid --pack_seeds K --jobs P`` runs); each timed
     ``opts.repeat`` times, alternating."""
-    from models import get_model_class
     buffer_size = opts.buffer_size if get_model_class(model).USES_BUFFER else 0
     seeds, per = opts.seeds, -(-len(opts.seeds) // opts.processes)
     kinds = {"1 seed": [], f"{len(seeds)} seeds stacked": [seeds]}
@@ -124,7 +124,6 @@ def compare_stacked(model: str, opts, data_path: str, tmp: str) -> None:
 
 
 def default_models(buffer_size: int) -> list:
-    from models import get_model_class, model_names
     chosen = []
     for name in model_names():
         table = get_model_class(name).BEST_ARGS.get("seq-mnist", {})
@@ -150,14 +149,12 @@ def main() -> None:
     opts = p.parse_args()
     models = ([m for part in opts.models for m in part.split(",") if m] if opts.models
               else default_models(opts.buffer_size))
-    from models import model_names
     unlisted = [m for m in model_names() if m not in models]
     if unlisted and not opts.models:
         print(f"not timed (no seq-mnist best arguments at buffer {opts.buffer_size}; time them with --models and "
               f"explicit flags): {', '.join(unlisted)}")
     raw = os.path.join(opts.data_path, "MNIST", "raw")
     real = all(find_file(raw, s) for pair in MNIST_FILES.values() for s in pair)
-    from models import get_model_class
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         data_path = os.path.abspath(opts.data_path) if real else tmp

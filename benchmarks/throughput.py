@@ -42,6 +42,8 @@ from datasets.utils.cifar_io import write_cifar
 from datasets.utils.continual_dataset import Split
 from utils.args import parse_args
 from utils.progress import ProgressBar
+from utils.seeds import seed_args
+from utils.stacked import train_stacked_stage
 from utils.training import build_run, evaluate, run_experiment, stages, task_data, train_stage
 
 DATASETS = ("seq-cifar10", "seq-cifar100", "seq-tinyimg")
@@ -236,7 +238,6 @@ def table(opts) -> None:
 def measure_stacked(opts, dataset: str, model: str, head: str, splits, n_seeds: int) -> dict:
     """``measure`` for ``n_seeds`` runs (seeds ``opts.seed`` ...) trained as one stacked model: warm up on
     task 1, time ``opts.steps`` stacked steps on task 2 (evaluation is not timed)."""
-    from utils.stacked import seed_args, train_stacked_stage
     device = torch.device(opts.device)
     args = run_args(opts, dataset, model, head)
     reset_peaks(device)

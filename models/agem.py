@@ -1,10 +1,8 @@
 import torch
 import torch.nn.functional as F
 
-from datasets import get_dataset_class
 from models import register_model
 from models.continual_model import ContinualModel
-from utils.errors import UserError
 
 
 def flat_grad(params: list) -> torch.Tensor:
@@ -51,15 +49,18 @@ class AGem(ContinualModel):
         "seq-digits": {b: dict(lr=0.01, minibatch_size=64) for b in (50, 200, 500)},
     }
 
+    @classmethod
+    def check_args(cls, args, n_tasks: int, domain_il: bool) -> None:
+        super().check_args(args, n_tasks, domain_il)
+        if args.buffer_size // n_tasks == 0:
+            raise ValueError(f"--model agem stores buffer_size // {n_tasks} (the number of tasks) samples of each "
+                             f"task: give --buffer_size >= {n_tasks} (got {args.buffer_size})")
+
     def __init__(self, net, args, setting):
         super().__init__(net, args, setting)
         # The protocol's number of tasks (task_of_class cannot tell it: on a domain-incremental
         # benchmark every class belongs to task 0).
-        n_tasks = get_dataset_class(args.dataset).N_TASKS
-        self.per_task = args.buffer_size // n_tasks
-        if self.per_task == 0:
-            raise UserError(f"--model agem stores buffer_size // {n_tasks} (the number of tasks) samples of each "
-                            f"task: give --buffer_size >= {n_tasks} (got {args.buffer_size})")
+        self.per_task = args.buffer_size // setting.n_tasks
         self.params = [p for p in net.parameters() if p.requires_grad]
 
     def end_task(self, task, data):

@@ -10,20 +10,31 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from backbone.heads import build_network
 from utils.amp import autocast as amp_autocast
 from utils.buffer import ReservoirBuffer
-from utils.losses import masked_cross_entropy
+from utils.losses import mask_other_tasks
 
 
 @dataclass
 class Setting:
-    """What a method may know about the run besides its hyper-parameters."""
+    """What a method may know about the run besides its hyper-parameters: its only window on the run
+    (methods never look up the dataset registry or the trainer)."""
     device: torch.device
     task_of_class: torch.Tensor           # class -> task, on ``device``
     augment: Callable[[torch.Tensor], torch.Tensor]  # raw inputs -> augmented network inputs
     buffer_generator: torch.Generator     # every buffer draw comes from here
     lr_milestones: tuple = ()             # the dataset's schedule: epochs at which the lr is multiplied
     lr_gamma: float = 0.1                 # by this factor (none: a constant lr, the protocol's default)
+    n_tasks: int = 1                      # the benchmark's tasks (task_of_class cannot tell it on domain-IL)
+    input_shape: tuple = ()               # one input's shape, as the dataset stores it
+    domain_il: bool = False               # every task holds every class, the tasks differ in their inputs
+    transform: object = None              # the dataset's DeviceTransform, its constants on ``device``
+    eval_batch_size: int = 1024           # inputs per forward pass when evaluating (bounded in pixels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.task_of_class)
 
 
 def batch_norm_layers(net: nn.Module) -> list:
@@ -75,6 +86,22 @@ class ContinualModel(nn.Module):
     FLAGS: dict = {}            # the method's own flags: name -> utils.cli.Flag (collected by the parser)
     # --load_best_args: dataset -> buffer size (0 for methods without a buffer) -> flags; name the source.
     BEST_ARGS: dict = {}
+    # Refusals as class facts, checked by the parser before any data is read (``check_args``): why the method
+    # has nothing to mask (--masked_softmax 1 refused), why it needs new classes in every task (domain-
+    # incremental benchmarks refused); empty: no refusal.
+    NO_MASKING: str = ""
+    NEEDS_NEW_CLASSES: str = ""
+
+    @classmethod
+    def check_args(cls, args, n_tasks: int, domain_il: bool) -> None:
+        """Refuse, with a one-line ``ValueError``, what the method cannot run: called by the parser with the
+        resolved flags and the benchmark's facts, before anything is built.  A method with checks of its
+        own extends it (calling ``super().check_args``)."""
+        if cls.NO_MASKING and args.masked_softmax:
+            raise ValueError(f"--model {cls.NAME} {cls.NO_MASKING}: use --masked_softmax 0")
+        if cls.NEEDS_NEW_CLASSES and domain_il:
+            raise ValueError(f"--model {cls.NAME} {cls.NEEDS_NEW_CLASSES}; {args.dataset} is domain-incremental: it "
+                             f"repeats the same classes in every task; use a class-incremental benchmark")
 
     def __init__(self, net: nn.Module, args, setting: Setting):
         super().__init__()
@@ -98,7 +125,7 @@ class ContinualModel(nn.Module):
     def reinitialise_network(self, generator: torch.Generator) -> None:
         """Give the network new initial weights, drawn as a fresh build draws them, from ``generator``.
 
-        The network is built again by ``utils.training.build_network`` (so every
+        The network is built again by ``backbone.heads.build_network`` (so every
         backbone's own initialisation applies, e.g. the MLP's Xavier-uniform on
         itself and on an FC head, and fixed heads get their same matrix again)
         with the global generator seeded from ``generator`` and restored after,
@@ -106,18 +133,11 @@ class ContinualModel(nn.Module):
         ``torch.compile`` wrapper keeps referring to them).  The run's other
         random streams are untouched, so runs stay reproducible.
         """
-        from types import SimpleNamespace
-
-        from datasets import get_dataset_class
-        from utils.training import build_network  # imported here: utils.training imports this module
-
-        shape = SimpleNamespace(INPUT_SHAPE=get_dataset_class(self.args.dataset).INPUT_SHAPE,
-                                num_classes=len(self.setting.task_of_class))
         seed = int(torch.randint(0, 2 ** 62, (), device=generator.device, generator=generator))
         cuda = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(seed)
-            fresh = build_network(self.args, shape)
+            fresh = build_network(self.args, self.setting.input_shape, self.setting.num_classes)
         getattr(self.net, "_orig_mod", self.net).load_state_dict(fresh.state_dict())
 
     def build_optimizer(self) -> torch.optim.Optimizer:
@@ -149,11 +169,17 @@ class ContinualModel(nn.Module):
         """The autocast context of ``--amp`` (the one definition both trainers use)."""
         return amp_autocast(self.args.amp, self.device)
 
+    # The loss hooks: methods write their losses with these, so that the stacked trainer, which runs a
+    # method's own ``observe`` for several seeds at once, can give each seed its own mean (utils/stacked).
+    cross_entropy = staticmethod(F.cross_entropy)
+    mse = staticmethod(F.mse_loss)
+
     def stream_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of the current stream batch, masked to each sample's task when enabled."""
+        """Cross-entropy of the current stream batch, masked to each sample's task when enabled (the paper's
+        masked softmax, ``utils.losses.masked_cross_entropy``, through the ``cross_entropy`` hook)."""
         if self.args.masked_softmax:
-            return masked_cross_entropy(logits, labels, self.setting.task_of_class)
-        return F.cross_entropy(logits, labels)
+            return self.cross_entropy(mask_other_tasks(logits, labels, self.setting.task_of_class), labels)
+        return self.cross_entropy(logits, labels)
 
     def begin_task(self, task: int, data) -> None:
         """Called before the task's first step, after ``prepare_task``; ``data`` is the task's training split."""

@@ -1,5 +1,4 @@
 import torch
-import torch.nn.functional as F
 
 from models import register_model
 from models.continual_model import ContinualModel
@@ -55,11 +54,11 @@ class DERpp(ContinualModel):
         terms = [(inputs, stream_term)]
         if not self.buffer.is_empty():
             buf_x, buf_logits = self.buffer.sample(mb, "examples", "logits")
-            terms.append((augment(buf_x), lambda out: self.args.alpha * F.mse_loss(out, buf_logits)))
+            terms.append((augment(buf_x), lambda out: self.args.alpha * self.mse(out, buf_logits)))
             beta = self.replay_label_weight()
             if beta:
                 buf_x2, buf_y = self.buffer.sample(mb, "examples", "labels")
-                terms.append((augment(buf_x2), lambda out: beta * F.cross_entropy(out, buf_y)))
+                terms.append((augment(buf_x2), lambda out: beta * self.cross_entropy(out, buf_y)))
         loss = self.backward_terms(terms)
         self.opt.step()
         if self.args.masked_softmax:

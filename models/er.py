@@ -1,5 +1,4 @@
 import torch
-import torch.nn.functional as F
 
 from models import register_model
 from models.continual_model import ContinualModel
@@ -43,14 +42,14 @@ class ER(ContinualModel):
             terms = [(inputs, lambda out: self.stream_loss(out, labels))]
             if not self.buffer.is_empty():
                 buf_x, buf_y = self.replay_batch()
-                terms.append((buf_x, lambda out: F.cross_entropy(out, buf_y)))
+                terms.append((buf_x, lambda out: self.cross_entropy(out, buf_y)))
             loss = self.backward_terms(terms)
         else:
             x, y = inputs, labels
             if not self.buffer.is_empty():
                 buf_x, buf_y = self.replay_batch()
                 x, y = torch.cat((inputs, buf_x)), torch.cat((labels, buf_y))
-            loss = self.backward(lambda: F.cross_entropy(self.net(x), y))
+            loss = self.backward(lambda: self.cross_entropy(self.net(x), y))
         self.opt.step()
         self.buffer.add(examples=not_aug_inputs, labels=labels)
         return loss

@@ -4,12 +4,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datasets import get_dataset_class
 from models import register_model
 from models.continual_model import ContinualModel
 from utils.buffer import ClassBalancedBuffer
 from utils.cli import Flag, binary, bounded, non_negative, positive
-from utils.errors import UserError
 from utils.seeding import make_generator
 
 GRAD_CLIP = 10.0  # GDumb's code clips the gradient norm at 10 on every step ("always be safe")
@@ -87,16 +85,20 @@ class GDumb(ContinualModel):
         "seq-digits": {b: dict(PAPER_RECIPE, fitting_epochs=128) for b in (50, 200, 500)},
     }
 
-    def __init__(self, net, args, setting):
-        if args.masked_softmax:
-            raise UserError("--model gdumb trains offline on its class-balanced memory, with no stream batch whose "
-                            "other tasks' classes could be masked: use --masked_softmax 0")
+    NO_MASKING = ("trains offline on its class-balanced memory, with no stream batch whose other tasks' classes could "
+                  "be masked")
+
+    @classmethod
+    def check_args(cls, args, n_tasks: int, domain_il: bool) -> None:
+        super().check_args(args, n_tasks, domain_il)
         if args.n_epochs != 1:
-            raise UserError(f"--model gdumb passes over the stream once to fill its memory (Mammoth forces one "
-                            f"epoch); got --n_epochs {args.n_epochs}: use --n_epochs 1")
+            raise ValueError(f"--model gdumb passes over the stream once to fill its memory (Mammoth forces one "
+                             f"epoch); got --n_epochs {args.n_epochs}: use --n_epochs 1")
+
+    def __init__(self, net, args, setting):
         super().__init__(net, args, setting)
         # the last task trained (--n_tasks may stop the stream early): where the stream ends
-        self.last_task = (getattr(args, "n_tasks", None) or get_dataset_class(args.dataset).N_TASKS) - 1
+        self.last_task = (getattr(args, "n_tasks", None) or setting.n_tasks) - 1
         self.fit_generator = make_generator(args.seed, "gdumb", setting.device)
         self.zero = torch.zeros((), device=setting.device)
 

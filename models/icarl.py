@@ -1,11 +1,9 @@
 import torch
 import torch.nn.functional as F
 
-from datasets import get_dataset_class
 from models import register_model
 from models.sigmoid_distillation import SigmoidDistillation
 from utils.buffer import ClassBalancedBuffer
-from utils.errors import UserError
 
 
 def herding(features: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor, m: int) -> torch.Tensor:
@@ -88,13 +86,11 @@ class ICaRL(SigmoidDistillation):
         "seq-digits": {b: dict(lr=0.3, optim_wd=1e-5) for b in (50, 200, 500)},
     }
 
+    NO_MASKING = ("trains one sigmoid per class with binary cross-entropy and classifies by the nearest mean of "
+                  "exemplars: there is no softmax to mask")
+    NEEDS_NEW_CLASSES = "adds new classes with every task"
+
     def __init__(self, net, args, setting):
-        if args.masked_softmax:
-            raise UserError("--model icarl trains one sigmoid per class with binary cross-entropy and classifies "
-                            "by the nearest mean of exemplars: there is no softmax to mask; use --masked_softmax 0")
-        if get_dataset_class(args.dataset).DOMAIN_IL:
-            raise UserError(f"--model icarl adds new classes with every task; {args.dataset} is domain-incremental "
-                            f"(every task holds the same classes): use a class-incremental benchmark")
         super().__init__(net, args, setting)
         num_classes = len(setting.task_of_class)
         self.register_buffer("class_means", torch.zeros(num_classes, net.backbone.feature_dim, device=setting.device))
@@ -150,11 +146,10 @@ class ICaRL(SigmoidDistillation):
     @torch.no_grad()
     def features(self, x: torch.Tensor, prepare) -> torch.Tensor:
         """L2-normalised features of raw inputs ``x`` (non-augmented), in eval mode, batch by batch."""
-        from utils.training import eval_batch_size  # utils.training imports the models
         was_training = self.net.training
         self.net.eval()
         out = []
-        for chunk in x.split(eval_batch_size(x.shape)):
+        for chunk in x.split(self.setting.eval_batch_size):
             with self.autocast():
                 out.append(self.net(prepare(chunk), return_features=True)[1].float())
         self.net.train(was_training)

@@ -1,10 +1,8 @@
 import torch
 
-from datasets import get_dataset_class
 from models import register_model
 from models.sigmoid_distillation import SigmoidDistillation
 from utils.cli import Flag, non_negative
-from utils.errors import UserError
 
 
 @register_model("lwf_mc")
@@ -37,14 +35,8 @@ class LwFMC(SigmoidDistillation):
         "seq-digits": {0: dict(lr=0.3)},
     }
 
-    def __init__(self, net, args, setting):
-        if args.masked_softmax:
-            raise UserError("--model lwf_mc trains one sigmoid per class with binary cross-entropy and has no "
-                            "softmax to mask: use --masked_softmax 0")
-        if getattr(get_dataset_class(args.dataset), "DOMAIN_IL", False):
-            raise UserError(f"--model lwf_mc learns new classes task by task (class- and task-incremental "
-                            f"benchmarks); {args.dataset} repeats the same classes in every task")
-        super().__init__(net, args, setting)
+    NO_MASKING = "trains one sigmoid per class with binary cross-entropy and has no softmax to mask"
+    NEEDS_NEW_CLASSES = "learns new classes task by task (class- and task-incremental benchmarks)"
 
     def forward(self, x):
         """Logits with the classes of later tasks at -inf: the prediction is over the seen classes."""

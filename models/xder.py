@@ -4,7 +4,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from datasets import get_dataset_class
 from models import register_model
 from models.continual_model import ContinualModel
 from models.derpp import DERpp
@@ -245,11 +244,9 @@ class XDER(ContinualModel):
         "seq-mnist": {b: dict(DIGITS) for b in (200, 500, 5120)},
     }
 
+    NEEDS_NEW_CLASSES = "gives every task its own head of new classes"
+
     def __init__(self, net, args, setting):
-        if get_dataset_class(args.dataset).DOMAIN_IL:
-            raise UserError(f"--model xder gives every task its own head of new classes; {args.dataset} is "
-                            f"domain-incremental (every task holds the same classes): use a class-incremental "
-                            f"benchmark")
         super().__init__(net, args, setting)
         per_task = torch.bincount(setting.task_of_class).tolist()  # once
         ordered = bool((setting.task_of_class[1:] >= setting.task_of_class[:-1]).all())
@@ -259,7 +256,7 @@ class XDER(ContinualModel):
         self.cpt, self.n_tasks = per_task[0], len(per_task)
         self.num_classes = len(setting.task_of_class)
         self.register_buffer("update_counter", torch.zeros(args.buffer_size + 1, device=setting.device))
-        self.strong_augment = StrongAugment(get_dataset_class(args.dataset).TRANSFORM, setting.device,
+        self.strong_augment = StrongAugment(setting.transform, setting.device,
                                             setting.buffer_generator)
 
     def build_buffer(self):

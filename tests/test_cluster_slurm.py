@@ -61,7 +61,7 @@ def test_packs_are_array_tasks_and_a_requeued_pack_resumes_every_seed(tmp_path, 
     from tests.test_grid_packs import EXTRA, STAND_IN, write_sweep
     from utils.grid import GridPack, make_pack
     from utils.slurm import GridTask
-    from utils.stacked import for_seed
+    from utils.seeds import for_seed
     (tmp_path / "main.py").write_text(STAND_IN)
     monkeypatch.setenv("LEDGER", str(tmp_path / "ledger.jsonl"))
     sweep = write_sweep(tmp_path, program=str(tmp_path / "main.py"), seed=[1, 2, 3])

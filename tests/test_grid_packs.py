@@ -23,7 +23,7 @@ from utils.args import parse_args
 from utils.checkpoint import CHECKPOINT_FILE
 from utils.grid import GridRun, form_packs, main as grid_main, pack_size, packable, plan
 from utils.runlock import lock_file
-from utils.stacked import for_seed, seed_args
+from utils.seeds import for_seed, seed_args
 
 PARAMETERS = {"dataset": {"value": "seq-digits"}, "model": {"value": "er"}, "classifier": {"value": "fno"},
               "masked_softmax": {"value": 1}, "buffer_size": {"value": 50}, "load_best_args": {"value": True},

@@ -25,15 +25,16 @@ import torch.nn.functional as F
 from torch import nn
 
 import main as main_module
-from backbone.heads import FCHead, Network
+from backbone.heads import FCHead, Network, build_network
 from datasets import get_dataset_class
+from models import get_model_class
 from models.continual_model import Setting
 from models.gdumb import GDumb
 from models.icarl import ICaRL, herding
 from models.xder import XDER, update_logits
 from utils.callbacks import Callback
 from utils.seeding import make_generator
-from utils.training import TaskData, build_network, build_run, run_experiment
+from utils.training import TaskData, build_run, run_experiment
 
 # Cheap settings: the methods' definitions, not their accuracy, are under test here.
 FLAGS = {
@@ -128,8 +129,11 @@ def test_image_benchmarks_with_one_epoch(make_args, image_roots, method):
     (["--model", "icarl", "--lr", "0.1", "--buffer_size", "5"], "at least one slot per class"),
 ])
 def test_what_does_not_apply_is_refused_in_one_line(capsys, argv, message):
-    rc = main_module.main(["--dataset", "seq-digits", "--buffer_size", "50", "--device", "cpu", "--nowand", "1",
-                           *argv])
+    try:
+        rc = main_module.main(["--dataset", "seq-digits", "--buffer_size", "50", "--device", "cpu", "--nowand", "1",
+                               *argv])
+    except SystemExit as exc:  # refused by the parser, before any data is read
+        rc = exc.code
     err = capsys.readouterr().err.strip()
     assert rc == 2 and message in err and len(err.splitlines()) == 1
 
@@ -145,9 +149,11 @@ def test_best_args_load_for_every_method_on_digits(make_args):
 
 # ----------------------------------------------------------------------------- X-DER against its definition
 
-def bare_setting(task_of_class):
+def bare_setting(task_of_class, dataset="seq-digits"):
+    cls = get_dataset_class(dataset)
     return Setting(device=torch.device("cpu"), task_of_class=torch.tensor(task_of_class),
-                   augment=lambda x: x.float(), buffer_generator=torch.Generator().manual_seed(0))
+                   augment=lambda x: x.float(), buffer_generator=torch.Generator().manual_seed(0),
+                   n_tasks=max(task_of_class) + 1, input_shape=cls.INPUT_SHAPE, transform=cls.TRANSFORM)
 
 
 def task_data(task, x, y):
@@ -373,7 +379,8 @@ def test_gdumb_memory_is_class_balanced_and_the_network_restarts_from_a_fresh_bu
     seed = int(torch.randint(0, 2 ** 62, (), generator=make_generator(4, "gdumb")))
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        fresh = build_network(args, get_dataset_class("seq-digits")("unused")).state_dict()
+        digits = get_dataset_class("seq-digits")
+        fresh = build_network(args, digits.INPUT_SHAPE, digits.N_TASKS * digits.N_CLASSES_PER_TASK).state_dict()
     assert all(torch.equal(starts[0][k], fresh[k]) for k in fresh)
     for before, after in zip(starts, starts[1:]):
         assert not torch.equal(before["backbone.layers.1.weight"], after["backbone.layers.1.weight"])
@@ -407,10 +414,9 @@ def test_reinitialised_mlp_follows_a_fresh_builds_scheme(make_args):
 
 def build_run_without_data(args):
     """A model on seq-mnist's network without reading MNIST (only shapes are needed)."""
-    from models import get_model_class
     dataset = get_dataset_class(args.dataset)("unused")
-    net = build_network(args, dataset)
-    return get_model_class(args.model)(net, args, bare_setting([t // 2 for t in range(10)]))
+    net = build_network(args, dataset.INPUT_SHAPE, dataset.num_classes)
+    return get_model_class(args.model)(net, args, bare_setting([t // 2 for t in range(10)], args.dataset))
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -21,7 +21,7 @@ import sys
 import numpy as np
 import pytest
 
-from utils.stacked import parse_seeds
+from utils.seeds import parse_seeds
 
 from datasets.utils.cifar_io import write_cifar
 from tests.conftest import write_mnist

@@ -105,12 +105,12 @@ def test_results_write_failure_says_what_was_kept(capsys, tmp_path, monkeypatch)
 
 
 def test_checkpoint_write_failure_is_one_line(capsys, tmp_path, monkeypatch):
-    import utils.callbacks
+    import utils.cl_callbacks
 
     def disk_full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(utils.callbacks, "save_checkpoint", disk_full)
+    monkeypatch.setattr(utils.cl_callbacks, "save_checkpoint", disk_full)
     code, out, err = run_main(capsys, *DIGITS, "--checkpoint_dir", str(tmp_path / "ckpt"))
     assert code == 2
     one_error_line(err, "checkpoint", "after task 1", "No space left", "--resume")

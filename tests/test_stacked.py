@@ -1,4 +1,4 @@
-"""Stacked seeds (utils/stacked.py, ``--seeds``): each seed of a stacked run computes what the single run with
+"""Stacked seeds (utils/stacked/, ``--seeds``): each seed of a stacked run computes what the single run with
 that seed computes - losses, weights, batch-norm statistics, buffer, random streams, results, checkpoints."""
 import argparse
 
@@ -10,8 +10,9 @@ from utils.args import parse_args
 from utils.buffer import ReservoirBuffer
 from utils.errors import UserError
 from utils.progress import ProgressBar
-from utils.stacked import (StackedBuffer, parse_seeds, run_stacked, seed_args, shared_dataset,
-                           train_stacked_stage)
+from utils.seeds import parse_seeds, seed_args
+from utils.stacked import run_stacked, shared_dataset, train_stacked_stage
+from utils.stacked.buffer import StackedBuffer
 from utils.training import build_run, run_experiment, stages, train_stage
 
 SEEDS = [1, 2, 3]
@@ -197,19 +198,21 @@ def test_seed_lists_parse():
 
 
 def test_each_seed_writes_its_single_runs_results_file(tmp_path):
-    """main.py --seeds (run_seeds_and_write): every seed's file under a results folder has the name the single
+    """main.py --seeds (run_entry with run_seeds): every seed's file under a results folder has the name the single
     run with --seed S gives it (results_template), and holds that seed's results."""
     import json
     import os
 
     from utils.flags import results_name
-    from utils.stacked import results_template, run_seeds_and_write
+    from utils.entry import run_entry
+    from utils.seeds import results_template
+    from utils.stacked import run_seeds
     explicit = {"dataset": "seq-digits", "model": "sgd", "lr": 0.1, "n_epochs": 1, "device": "cpu"}
     template = results_template(str(tmp_path), explicit, [1, 2])
     assert template.replace("{seed}", "2") == os.path.join(str(tmp_path), results_name({**explicit, "seed": 2}) + ".json")
     args = digits_args("--model", "sgd", "--lr", "0.1", "--n_epochs", "1", "--results_file", template)
     args.seeds = [1, 2]
-    run_seeds_and_write(args, lambda one, results: f"Class-IL {results['class_il']:.2f}")
+    assert run_entry("main.py", args, run_seeds, lambda one, results: f"Class-IL {results['class_il']:.2f}") == 0
     for seed in (1, 2):
         with open(template.replace("{seed}", str(seed))) as f:
             written = json.load(f)

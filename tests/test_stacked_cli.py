@@ -38,7 +38,7 @@ def test_named_checkpoint_dir_is_each_seeds_single_run_folder(tmp_path, capsys):
     """``--checkpoint_dir D/{name}`` (as sweep files give it): the run's results name, so each seed of
     ``--seeds`` checkpoints where its single run ``--seed s`` would, and resumes it."""
     from utils.args import parse_args
-    from utils.stacked import seed_args
+    from utils.seeds import seed_args
     folder = str(tmp_path / "checkpoints" / "{name}")
     stacked = parse_args(FLAGS + ["--seeds", "1-2", "--results_dir", str(tmp_path), "--checkpoint_dir", folder,
                                   "--resume=True"])

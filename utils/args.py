@@ -24,7 +24,7 @@ from models import get_model_class, model_aliases, model_names
 from utils.best_args import best_args
 from utils.cli import OneLineParser, binary, bounded, non_negative_int, positive, resolve_device, seed, switch
 from utils.flags import DATA_PATH_ENV, NAME_FIELD, fill_name, results_name
-from utils.stacked import parse_seeds, results_template
+from utils.seeds import parse_seeds, results_template
 
 # `python main.py` with no arguments: masked-FNO ER on the embedded digits benchmark.
 DEFAULT_ARGV = ["--dataset", "seq-digits", "--model", "er", "--classifier", "fno",
@@ -254,6 +254,7 @@ def resolve(ns: argparse.Namespace) -> argparse.Namespace:
     if values["resume"] and not values["checkpoint_dir"]:
         raise ValueError("--resume needs --checkpoint_dir (the directory holding the checkpoint)")
     check_protocol(values, dataset_cls, model_cls, explicit["model"])
+    model_cls.check_args(argparse.Namespace(**values), dataset_cls.N_TASKS, dataset_cls.DOMAIN_IL)
     if values["debug_mode"] and values["max_steps_per_task"] is None:
         values["max_steps_per_task"] = DEBUG_STEPS
     values["results_file"] = results_file(values, explicit)
@@ -266,7 +267,7 @@ def resolve(ns: argparse.Namespace) -> argparse.Namespace:
 def named_checkpoint_dir(values: dict, explicit: dict):
     """``--checkpoint_dir`` with ``{name}`` replaced by the run's results name (the name ``--results_dir``
     gives its results file), so that the runs of a sweep each resume their own folder.  With ``--seeds``
-    the name holds ``{seed}``, which every seed fills in (``utils.stacked.seed_args``) to get its single
+    the name holds ``{seed}``, which every seed fills in (``utils.seeds.seed_args``) to get its single
     run's folder."""
     given = values["checkpoint_dir"]
     if not given or NAME_FIELD not in given:

@@ -85,6 +85,28 @@ class BufferStorage:
         return tuple(self.fields[name][idx] for name in names)
 
 
+def reservoir_slots(num_seen: int, draws: torch.Tensor, size: int) -> torch.Tensor:
+    """Sequential reservoir sampling's slots for a batch of stream samples, vectorised; ``size`` means
+    'not stored'.
+
+    ``draws`` holds one non-negative random integer per sample (dim 0: the batch; further dims: independent
+    buffers that have each seen ``num_seen`` samples, as the stacked trainer keeps them).  The n-th sample
+    of the stream (0-based) goes to slot n while the buffer is not full, otherwise to slot ``draw % (n + 1)``
+    when that is below ``size``; when two samples of one batch pick the same slot the later one wins, as it
+    would sequentially.  The one statement of the rule (``ReservoirBuffer`` and ``utils.stacked``).
+    """
+    batch = draws.shape[0]
+    column = (batch,) + (1,) * (draws.dim() - 1)
+    n = (num_seen + torch.arange(batch, device=draws.device)).view(column)
+    slot = torch.where(n < size, n, draws % (n + 1))
+    slot = torch.where(slot < size, slot, size)
+    # Last writer wins: keep a sample only if no later sample of the batch takes its slot.
+    position = torch.arange(batch, device=draws.device).view(column).expand_as(slot)
+    last = torch.full((size + 1,) + tuple(draws.shape[1:]), -1, dtype=torch.long, device=draws.device)
+    last.scatter_reduce_(0, slot, position, reduce="amax")
+    return torch.where(last.gather(0, slot) == position, slot, size)
+
+
 class ReservoirBuffer(BufferStorage):
     """Fixed-size memory filled by reservoir sampling over the stream.
 
@@ -99,17 +121,13 @@ class ReservoirBuffer(BufferStorage):
     def __len__(self) -> int:
         return min(self.num_seen, self.size)
 
+    def slot_draws(self, batch: int) -> torch.Tensor:
+        """The random draws behind the next ``batch`` insertions (one per sample, from the buffer's generator)."""
+        return torch.randint(0, _BIG, (batch,), device=self.device, generator=self.generator)
+
     def reservoir_slots(self, batch: int) -> torch.Tensor:
         """Slots for the next ``batch`` stream samples; ``self.size`` means 'not stored'."""
-        n = self.num_seen + torch.arange(batch, device=self.device)
-        draw = torch.randint(0, _BIG, (batch,), device=self.device, generator=self.generator) % (n + 1)
-        slot = torch.where(n < self.size, n, draw)
-        slot = torch.where(slot < self.size, slot, self.size)
-        # Last writer wins: keep a sample only if no later sample of the batch takes its slot.
-        position = torch.arange(batch, device=self.device)
-        last = torch.full((self.size + 1,), -1, dtype=torch.long, device=self.device)
-        last.scatter_reduce_(0, slot, position, reduce="amax")
-        return torch.where(last[slot] == position, slot, self.size)
+        return reservoir_slots(self.num_seen, self.slot_draws(batch), self.size)
 
     @torch.no_grad()
     def add(self, **tensors: torch.Tensor) -> None:

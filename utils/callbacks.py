@@ -1,4 +1,4 @@
-"""What a trainer does besides its protocol, as callbacks: progress, wandb, checkpoints (and collapse metrics).
+"""What a trainer does besides its protocol, as callbacks: the protocol and those both trainers use.
 
 Both trainers run in stages - a task for ``main.py``, an epoch for
 ``main_lt.py`` - and call, for every callback in order: ``on_step`` after
@@ -8,8 +8,9 @@ completed stages), and ``on_run_end`` once, with the results on success
 (``exit_code`` 0) or ``None`` (130: interrupted, 1: failed).  A callback that
 needs another's output comes after it in the list (collapse metrics before
 wandb and the checkpoint, which store them).  ``Progress``, ``Wandb`` and
-``Checkpoint`` serve both trainers; ``standard_callbacks`` is ``main.py``'s
-list, ``longtail.callbacks`` the long-tail one.
+``Checkpoint`` serve both trainers; ``utils.cl_callbacks`` holds the
+continual trainer's own (collapse metrics, per-task wandb rows, anytime
+accuracy) and its list, ``longtail.callbacks`` the long-tail one.
 """
 from __future__ import annotations
 
@@ -17,8 +18,7 @@ import contextlib
 import types
 from typing import Callable, Iterator, Optional
 
-from utils.checkpoint import save_checkpoint, signals_held
-from utils.collapse import summary as collapse_summary, task_collapse_metrics
+from utils.checkpoint import signals_held
 from utils.errors import UserError
 from utils.progress import ProgressBar
 from utils.wandb_logger import WandbLogger
@@ -30,10 +30,6 @@ class Callback:
 
     def on_stage_end(self, run, stage: int, history: dict) -> None:
         pass
-
-    def on_task_end(self, run, task: int, history: dict) -> None:
-        """The name the continual trainer (``utils.training``) calls ``on_stage_end`` by: a stage is a task there."""
-        self.on_stage_end(run, task, history)
 
     def on_run_end(self, run, results: Optional[dict], exit_code: int) -> None:
         pass
@@ -55,20 +51,6 @@ class Progress(Callback):
             self.bar.close()
 
 
-def task_label(run, task: int) -> str:
-    return f"Task {task + 1}/{run.dataset.N_TASKS}"
-
-
-class Collapse(Callback):
-    """``--collapse_metrics 1``: neural-collapse metrics of the seen tasks' training data after each task."""
-
-    def __init__(self, log):
-        self.log = log
-
-    def on_stage_end(self, run, task, history):
-        metrics = task_collapse_metrics(run, task + 1)
-        history["collapse"].append(metrics)
-        self.log(f"  collapse: {collapse_summary(metrics)}")
 
 
 class Wandb(Callback):
@@ -83,13 +65,6 @@ class Wandb(Callback):
     def on_run_end(self, run, results, exit_code):
         self.logger.finish(results, exit_code=exit_code) if results else self.logger.finish(exit_code=exit_code)
 
-
-class TaskWandb(Wandb):
-    """After each task: its Class-IL and Task-IL rows (and collapse metrics when computed)."""
-
-    def on_stage_end(self, run, task, history):
-        collapse = history["collapse"][-1] if run.args.collapse_metrics else None
-        self.logger.task_done(task, history["rows_cil"][-1], history["rows_til"][-1], collapse)
 
 
 class Checkpoint(Callback):
@@ -144,12 +119,3 @@ def reporting_run_end(run, callbacks) -> Iterator[types.SimpleNamespace]:
             callback.on_run_end(run, outcome.results if exit_code == 0 else None, exit_code)
 
 
-def standard_callbacks(args, progress: ProgressBar, log, logger: WandbLogger, stages_done: int = 0) -> list:
-    """The callbacks ``main.py`` runs with, in the order their outputs depend on each other."""
-    callbacks = [Progress(progress, task_label)]
-    if args.collapse_metrics:
-        callbacks.append(Collapse(log))
-    callbacks.append(TaskWandb(logger))
-    if args.checkpoint_dir:
-        callbacks.append(Checkpoint(args.checkpoint_dir, save_checkpoint, logger.state, log, "task", stages_done))
-    return callbacks

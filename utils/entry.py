@@ -4,9 +4,11 @@
 KeyboardInterrupt, so the trainer stops cleanly and keeps its checkpoint;
 checks that every output location is writable before the first step; holds the
 per-run lock (``utils.runlock``) while the run lasts; prints the headline once
-and writes the results atomically; removes the results folders a failed run
+and writes the results atomically; removes the output folders a failed run
 created and left empty.  Bad input is one line on stderr and exit
-code 2, an interruption exit code 130.
+code 2, an interruption exit code 130.  With ``--seeds`` (several seeds in one
+stacked process) every seed's outputs are those of its single run
+(``utils.seeds.seed_args``): each is checked, locked and written the same way.
 
 Only the process that writes (rank 0 under torchrun, ``writes=True``) checks,
 locks and writes: the other processes of a job share its files.
@@ -18,7 +20,11 @@ import signal
 import sys
 from typing import Callable, Optional
 
+from utils import io  # its functions are looked up at call time, so that tests can simulate a full disk
 from utils.errors import UserError
+from utils.io import absent_folders, check_writable_dir, check_writable_file, remove_empty_folders
+from utils.runlock import run_lock
+from utils.seeds import seed_args
 
 
 def raise_interrupt(signum, frame):
@@ -27,7 +33,6 @@ def raise_interrupt(signum, frame):
 
 def check_outputs(args) -> None:
     """Every output location is writable before the first step, not after the last one."""
-    from utils.io import check_writable_dir, check_writable_file
     if args.results_file:
         check_writable_file(args.results_file, "--results_file")
     if args.checkpoint_dir:
@@ -36,7 +41,6 @@ def check_outputs(args) -> None:
 
 def save_results(args, results: dict) -> None:
     """Write the results file; a failure is one line saying what was kept."""
-    from utils import io  # looked up at call time, so that tests can simulate a full disk
     try:
         io.write_json_atomic(args.results_file, results)
     except OSError as exc:
@@ -47,29 +51,46 @@ def save_results(args, results: dict) -> None:
         raise UserError(f"could not write the results to {args.results_file}: {exc.strerror or exc}; {keep}") from None
 
 
-def run_entry(prog: str, args, experiment: Callable[[object], Optional[dict]],
+def output_runs(args) -> list:
+    """The runs whose outputs a command writes: one, or with ``--seeds`` each seed's single run."""
+    seeds = getattr(args, "seeds", None)
+    return [seed_args(args, seed) for seed in seeds] if seeds else [args]
+
+
+def created_folders(runs: list) -> list:
+    """The folders the runs' outputs would create (they do not exist yet), deepest first."""
+    folders = []
+    for one in runs:
+        if one.results_file:
+            folders += absent_folders(os.path.dirname(os.path.abspath(one.results_file)))
+        if one.checkpoint_dir:
+            folders += absent_folders(one.checkpoint_dir)
+    return folders
+
+
+def run_entry(prog: str, args, experiment: Callable[[object], Optional[object]],
               headline: Callable[[object, dict], str], writes: bool = True) -> int:
     """Run ``experiment(args)`` as a command: the exit code (0, 2: bad input, 130: interrupted).
 
-    ``experiment`` returns the results, or ``None`` in a process that does not
-    write them; ``headline(args, results)`` is the one line printed at the end.
-    The folders a failed run created for its results file are removed again if left empty.
+    ``experiment`` returns the results (with ``--seeds``: a list, one per seed), or ``None`` in a process
+    that does not write them; ``headline(args, results)`` is the one line printed for a run at the end.
+    The folders a failed run created for its outputs are removed again if left empty.
     """
-    from datasets.utils import absent_folders, remove_empty_folders
-    from utils.runlock import run_lock
     previous = signal.signal(signal.SIGTERM, raise_interrupt)
-    created = absent_folders(os.path.dirname(os.path.abspath(args.results_file))) if writes and args.results_file else []
+    runs = output_runs(args) if writes else []
+    created = created_folders(runs)
     try:
-        if writes:
-            check_outputs(args)
-        places = (args.results_file, args.checkpoint_dir) if writes else ()
-        with run_lock(*places):  # one process per run, or a one-line refusal
-            results = experiment(args)
+        for one in runs:
+            check_outputs(one)
+        with run_lock(*[place for one in runs for place in (one.results_file, one.checkpoint_dir)]):
+            results = experiment(args)  # one process per run, or a one-line refusal
             if results is not None:
-                print(headline(args, results), flush=True)
-                if args.results_file:
-                    save_results(args, results)
-                    print(f"Results written to {os.path.abspath(args.results_file)}")
+                several = len(runs) > 1 or getattr(args, "seeds", None)
+                for one, result in zip(runs, results if several else [results]):
+                    print((f"seed {one.seed}: " if several else "") + headline(one, result), flush=True)
+                    if one.results_file:
+                        save_results(one, result)
+                        print(f"Results written to {os.path.abspath(one.results_file)}", flush=True)
     except UserError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -1,10 +1,12 @@
-"""Atomic file writes: a reader never sees a half-written results file."""
+"""Output files and folders: atomic writes (a reader never sees a half-written results file), writability
+checks before a run starts, and removing the folders a failed run created and left empty."""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
 import tempfile
+from typing import List
 
 from utils.errors import UserError
 
@@ -74,3 +76,25 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
 
 def write_json_atomic(path: str, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=1, allow_nan=False) + "\n").encode())
+
+
+def absent_folders(path: str) -> List[str]:
+    """``path`` and those of its parent folders that do not exist yet, deepest first."""
+    absent = []
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        absent.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return absent
+
+
+def remove_empty_folders(folders: List[str]) -> None:
+    """Remove each folder that is (still) empty, in the order given; any other is left alone."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)  # only ever removes an empty folder
+        except OSError:
+            pass

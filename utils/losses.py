@@ -8,10 +8,11 @@ def mask_other_tasks(logits: torch.Tensor, labels: torch.Tensor, task_of_class: 
     """Set every logit outside each sample's own task to -inf (one vectorised masked_fill).
 
     ``task_of_class`` maps class -> task; a sample's task is that of its label
-    unless ``tasks`` gives it explicitly.
+    unless ``tasks`` gives it explicitly.  ``logits`` (..., K) and ``labels`` (...) may have any
+    leading dimensions (the stacked trainer's (N, S, K) outputs of S seeds).
     """
     own = task_of_class[labels] if tasks is None else tasks
-    outside = task_of_class.unsqueeze(0) != own.unsqueeze(1)
+    outside = task_of_class != own.unsqueeze(-1)
     return logits.masked_fill(outside, float("-inf"))
 
 

@@ -8,8 +8,7 @@ from typing import Callable, List, Optional
 
 import torch
 
-from backbone import get_backbone_class
-from backbone.heads import Network, make_head
+from backbone.heads import build_network
 from datasets import get_dataset_class
 from datasets.utils.continual_dataset import (ContinualDataset, Split, class_permutation, first_per_task, relabel,
                                               stratified_holdout)
@@ -17,15 +16,15 @@ from datasets.utils.transforms import DeviceTransform
 from models import get_model_class
 from models.continual_model import ContinualModel, Setting
 from utils.buffer import check_buffer_fits
-from utils.callbacks import reporting_run_end, standard_callbacks
+from utils.callbacks import reporting_run_end
 from utils.checkpoint import load_checkpoint, restore_run
+from utils.cl_callbacks import standard_callbacks
 from utils.errors import UserError
 from utils.guards import check_finite_loss
 from utils.losses import mask_other_tasks
 from utils.metrics import (average_incremental, backward_transfer, final_average, forgetting, forward_transfer,
                            pad_rows)
 from utils.progress import ProgressBar
-from utils.protocol_callbacks import AnytimeAccuracy, ProtocolWandb
 from utils.provenance import provenance, start_time
 from utils.seeding import make_generator, seed_everything
 from utils.wandb_logger import WandbLogger
@@ -57,17 +56,6 @@ class Run:
     min_batch: int = 1         # smallest training batch the network accepts (2 with batch norm)
     validation: Optional[Split] = None  # --validation: held out of ``train``
     class_order: Optional[list] = None  # --class_order: label l is original class class_order[l]
-
-
-def build_network(args, dataset: ContinualDataset) -> Network:
-    """Backbone first, then the head: the backbone's initialisation does not depend on the head,
-    and the FNO partition comes from its own generator, so FC and FNO runs share every shared layer."""
-    backbone = get_backbone_class(args.backbone)(dataset.INPUT_SHAPE)
-    head = make_head(args.classifier, backbone.feature_dim, dataset.num_classes,
-                     make_generator(args.seed, "fno-partition"), args)
-    if hasattr(backbone, "init_head"):  # a backbone whose reference code also initialises the classifier
-        backbone.init_head(head)
-    return Network(backbone, head)
 
 
 def prepare_splits(args, dataset: ContinualDataset, device: torch.device) -> tuple:
@@ -109,7 +97,7 @@ def build_run(args, dataset: ContinualDataset | None = None) -> Run:
         # inputs as stored, an int64 label and float32 logits over every class (the most a method stores)
         entry = train.x[0].numel() * train.x.element_size() + 8 + 4 * dataset.num_classes
         check_buffer_fits(args.buffer_size, entry, device)
-    net = build_network(args, dataset).to(device)
+    net = build_network(args, dataset.INPUT_SHAPE, dataset.num_classes).to(device)
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
     task_of_class = dataset.task_of_class().to(device)
@@ -117,7 +105,9 @@ def build_run(args, dataset: ContinualDataset | None = None) -> Run:
     setting = Setting(device=device, task_of_class=task_of_class,
                       augment=lambda x: transform.train(x, augment_generator),
                       buffer_generator=make_generator(args.seed, "buffer", device),
-                      lr_milestones=dataset.LR_MILESTONES, lr_gamma=dataset.LR_GAMMA)
+                      lr_milestones=dataset.LR_MILESTONES, lr_gamma=dataset.LR_GAMMA,
+                      n_tasks=dataset.N_TASKS, input_shape=tuple(dataset.INPUT_SHAPE), domain_il=dataset.DOMAIN_IL,
+                      transform=transform, eval_batch_size=eval_batch_size(dataset.INPUT_SHAPE))
     model = get_model_class(args.model)(net, args, setting)
     if args.compile:
         model.net = torch.compile(model.net, mode=args.compile)
@@ -215,18 +205,37 @@ def steps_per_epoch(run: Run, data: TaskData) -> int:
     return len(epoch_batches(torch.arange(len(data)), run.args.batch_size, run.min_batch))
 
 
+def start_stage(run: Run, data: TaskData) -> None:
+    """Before a stage's first step: training mode, a fresh optimizer and scheduler (the method builds
+    both), ``begin_task``."""
+    run.model.train()
+    run.model.prepare_task(data.task)
+    run.model.begin_task(data.task, data)
+
+
+def stage_steps(run: Run, data: TaskData) -> int:
+    """The optimizer steps a stage takes: its epochs' batches, at most ``--max_steps_per_task``."""
+    total = steps_per_epoch(run, data) * run.args.n_epochs
+    if run.args.max_steps_per_task is not None:
+        total = min(total, run.args.max_steps_per_task)
+    return total
+
+
+def end_stage(run: Run, data: TaskData, last_loss: float, first_step: int, total: int, who: str = "") -> None:
+    """After a stage's last step: a check that the loss is still finite (``who`` names the run in the
+    message, e.g. a stacked seed), then ``end_task``."""
+    check_finite_loss(last_loss, f"{who}task {data.task + 1} (steps {first_step + 1}-{first_step + total})",
+                      run.args.lr)
+    run.model.end_task(data.task, data)
+
+
 def train_stage(run: Run, data: TaskData, callbacks=(), first_step: int = 0) -> tuple:
-    """A fresh optimizer and scheduler (the method builds both), ``begin_task``, the epochs of
-    ``observe`` (at most ``--max_steps_per_task`` steps), a check that the loss is still finite, ``end_task``.
+    """``start_stage``, the epochs of ``observe`` (``stage_steps`` steps), ``end_stage``.
 
     Returns the last batch's loss (a float) and the number of optimizer steps taken."""
     args, model, train, task = run.args, run.model, run.train, data.task
-    model.train()
-    model.prepare_task(task)
-    model.begin_task(task, data)
-    total = steps_per_epoch(run, data) * args.n_epochs
-    if args.max_steps_per_task is not None:
-        total = min(total, args.max_steps_per_task)
+    start_stage(run, data)
+    total = stage_steps(run, data)
     loss = torch.zeros(())
     step = 0
     for epoch in range(args.n_epochs):
@@ -241,8 +250,7 @@ def train_stage(run: Run, data: TaskData, callbacks=(), first_step: int = 0) -> 
         if step == total:
             break
     last = float(loss)
-    check_finite_loss(last, f"task {task + 1} (steps {first_step + 1}-{first_step + total})", args.lr)
-    model.end_task(task, data)
+    end_stage(run, data, last, first_step, total)
     return last, total
 
 
@@ -291,6 +299,31 @@ def task_line(run: Run, task: int, history: dict, last_loss: float) -> str:
     return text + f"loss {last_loss:.4f}  per task (Class-IL): {' '.join(f'{a:.1f}' for a in cil)}"
 
 
+def evaluate_untrained(run: Run, n_stages: int, history: dict) -> None:
+    """For forward transfer: every task the run will learn, evaluated once before any training (a run that
+    resumes has done it; JOINT, one stage, has no next task to transfer to)."""
+    if n_stages > 1 and history["stages_done"] == 0:
+        history["random_init_cil"], history["random_init_til"] = evaluate(run, n_stages)
+
+
+def finish_stage(run: Run, data: TaskData, stage: int, n_stages: int, history: dict, last_loss: float, log) -> None:
+    """After a stage's training, what a run records: its evaluations (test, validation, and the next task
+    for forward transfer when there is one), ``stages_done``, and the task's log line."""
+    cil, til = evaluate(run, data.task + 1)
+    history["rows_cil"].append(cil)
+    history["rows_til"].append(cil if til is None else til)  # domain-IL: no Task-IL (results say null)
+    if run.validation is not None:
+        cil, til = evaluate(run, data.task + 1, run.validation)
+        history["val_rows_cil"].append(cil)
+        history["val_rows_til"].append(cil if til is None else til)
+    if stage + 1 < n_stages:  # forward transfer needs a next task (JOINT has one stage)
+        cil, til = evaluate(run, data.task + 2, first_task=data.task + 1)
+        history["next_cil"].append(cil[0])
+        history["next_til"].append(None if til is None else til[0])
+    history["stages_done"] = stage + 1
+    log(task_line(run, data.task, history, last_loss))
+
+
 def run_experiment(args, progress: ProgressBar | None = None, log=print, callbacks=()) -> dict:
     """Train and evaluate one run; return the results dictionary (see README for the fields).
 
@@ -311,14 +344,10 @@ def run_experiment(args, progress: ProgressBar | None = None, log=print, callbac
     elapsed_before = history["wall_time_s"]
     bar = progress or ProgressBar()
     logger = WandbLogger(args, logger_state)
-    hooks = ([ProtocolWandb(logger)] + standard_callbacks(args, bar, log, logger, history["stages_done"])
-             + ([AnytimeAccuracy(args.eval_every, evaluate, history, logger)] if args.eval_every else [])
-             + list(callbacks))
+    hooks = standard_callbacks(args, bar, log, logger, history, evaluate) + list(callbacks)
     plan = stages(run)[:args.n_tasks]
-    transfer = len(plan) > 1  # forward transfer needs a next task (JOINT has one stage)
     with reporting_run_end(run, hooks) as outcome:
-        if transfer and history["stages_done"] == 0:
-            history["random_init_cil"], history["random_init_til"] = evaluate(run, len(plan))
+        evaluate_untrained(run, len(plan), history)
         for stage, data in enumerate(plan):
             if stage < history["stages_done"]:
                 continue
@@ -327,22 +356,10 @@ def run_experiment(args, progress: ProgressBar | None = None, log=print, callbac
             last_loss, steps = train_stage(run, data, hooks, history["n_steps"])
             history["train_time_s"] += time.perf_counter() - tic
             history["n_steps"] += steps
-            cil, til = evaluate(run, data.task + 1)
-            history["rows_cil"].append(cil)
-            history["rows_til"].append(cil if til is None else til)  # domain-IL: no Task-IL (results say null)
-            if run.validation is not None:
-                cil, til = evaluate(run, data.task + 1, run.validation)
-                history["val_rows_cil"].append(cil)
-                history["val_rows_til"].append(cil if til is None else til)
-            if transfer and stage + 1 < len(plan):
-                cil, til = evaluate(run, data.task + 2, first_task=data.task + 1)
-                history["next_cil"].append(cil[0])
-                history["next_til"].append(None if til is None else til[0])
-            history["stages_done"] = stage + 1
+            finish_stage(run, data, stage, len(plan), history, last_loss, log)
             history["wall_time_s"] = elapsed_before + time.perf_counter() - start
-            log(task_line(run, data.task, history, last_loss))
             for hook in hooks:
-                hook.on_task_end(run, data.task, history)
+                hook.on_stage_end(run, data.task, history)
         outcome.results = make_results(run, history, elapsed_before + time.perf_counter() - start, origin)
     return outcome.results
 

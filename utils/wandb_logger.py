@@ -117,11 +117,26 @@ class WandbLogger:
         for prefix in ("class_il", "task_il", "collapse"):
             self.run.define_metric(f"{prefix}/*", step_metric="task")
 
+    def log(self, row: dict) -> None:
+        """Log ``row`` when logging is on; a failure warns once and turns logging off."""
+        if self.run is not None:
+            self._guard("log", lambda: self.run.log(row))
+
+    def define_metric(self, pattern: str, step_metric: str) -> None:
+        """Plot the metrics matching ``pattern`` against ``step_metric`` (when logging is on)."""
+        if self.run is not None:
+            self._guard("log", lambda: self.run.define_metric(pattern, step_metric=step_metric))
+
+    def update_summary(self, values: dict) -> None:
+        """Put ``values`` into the run's summary (when logging is on)."""
+        if self.run is not None:
+            self._guard("summary", lambda: self.run.summary.update(values))
+
     def train_step(self, loss) -> None:
         """Count one optimizer step; every ``loss_every`` steps log the loss (the only device sync here)."""
         self.step += 1
         if self.run is not None and self.step % self.loss_every == 0:
-            self._guard("log", lambda: self.run.log({"train/loss": float(loss), "train/step": self.step}))
+            self.log({"train/loss": float(loss), "train/step": self.step})
 
     def task_done(self, task: int, class_il: list, task_il: list, collapse: Optional[dict] = None) -> None:
         """Per-task and mean accuracies after training task ``task`` (0-based), and the
@@ -135,7 +150,7 @@ class WandbLogger:
             row[f"task_il/task_{j + 1}"] = t
         for name, value in (collapse or {}).items():
             row[f"collapse/{name}"] = value
-        self._guard("log", lambda: self.run.log(row))
+        self.log(row)
 
     def finish(self, results: Optional[dict] = None, exit_code: int = 0) -> None:
         """Final metrics into the run summary (when given), then close the run.
@@ -149,7 +164,7 @@ class WandbLogger:
         if results is not None:
             final = {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             final[RESULTS_KEY] = json.dumps(results, sort_keys=True)
-            self._guard("summary", lambda: self.run.summary.update(final))
+            self.update_summary(final)
         if exit_code == INTERRUPTED and self.run is not None:
             self.mark_preempting()
         if self.run is not None:
@@ -158,7 +173,6 @@ class WandbLogger:
                 run.finish(exit_code=exit_code)
             except Exception as exc:
                 self._warn("finish", exc)
-
 
     def mark_preempting(self) -> None:
         """Tell wandb the run is being preempted (requeued by its sweep); never fatal: a failure is one

@@ -1,8 +1,9 @@
 """Helpers shared by the data readers: short one-line error texts and cleaning up after a failed download."""
 from __future__ import annotations
 
-import os
-from typing import Callable, List, Optional
+from typing import Callable, Optional
+
+from utils.io import absent_folders, remove_empty_folders
 
 QUOTE_LIMIT = 200  # the most characters of a file's content (or of an error text) that a data error quotes
 
@@ -26,28 +27,6 @@ def describe_error(exc: BaseException) -> str:
         kind = f"{type(exc).__module__}.{kind}"  # zlib.error says more than error
     text = clip(str(exc))
     return f"{kind}: {text}" if text else f"{kind} (no message)"
-
-
-def absent_folders(path: str) -> List[str]:
-    """``path`` and those of its parent folders that do not exist yet, deepest first."""
-    absent = []
-    path = os.path.abspath(path)
-    while not os.path.exists(path):
-        absent.append(path)
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    return absent
-
-
-def remove_empty_folders(folders: List[str]) -> None:
-    """Remove each folder that is (still) empty, in the order given; any other is left alone."""
-    for folder in folders:
-        try:
-            os.rmdir(folder)  # only ever removes an empty folder
-        except OSError:
-            pass
 
 
 def attempt_download(download: Callable[[], object], target: str) -> Optional[str]:
