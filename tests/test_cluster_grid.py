@@ -13,8 +13,10 @@ import subprocess
 import sys
 
 from tests.test_grid import ROOT, env, events, grid_command, make_sweep, results_in, wait_for  # noqa: F401
-from utils import claims
-from utils.grid import device_slots, main as grid_main, plan, visible_devices
+from utils.grid import claims
+from utils.grid.cli import main as grid_main
+from utils.grid.processes import device_slots, visible_devices
+from utils.grid.sweep import plan
 
 
 def test_device_slots_spread_runs_over_the_devices():

@@ -15,7 +15,7 @@ import yaml
 from tests.test_grid import ROOT, wait_for
 from utils.checkpoint import CHECKPOINT_FILE
 from utils.flags import results_name
-from utils.grid import DEFAULT_COMMAND, parse_extra, plan, render_command
+from utils.grid.sweep import DEFAULT_COMMAND, parse_extra, plan, render_command
 
 SWEEP = {"program": "main.py", "method": "grid",
          "parameters": {"dataset": {"value": "seq-digits"}, "model": {"value": "er"},

@@ -6,13 +6,14 @@ import os
 import pytest
 
 from tests.test_grid import env, events, make_sweep, results_in  # noqa: F401
-from utils.grid import main as grid_main, plan
+from utils.grid.cli import main as grid_main
+from utils.grid.slurm import GridTask
+from utils.grid.sweep import plan
 
 submitit = pytest.importorskip("submitit")
 
 
 def test_local_executor_runs_every_pending_run_once(env, capsys):
-    from utils.slurm import GridTask
     sweep = make_sweep(env, seeds=(1, 2), sleep=0.0)
     out = env / "R"
     runs = plan(sweep, str(out), checkpoints=True)
@@ -33,7 +34,6 @@ def test_local_executor_runs_every_pending_run_once(env, capsys):
 
 
 def test_failed_task_is_reported_and_a_requeue_is_the_same_task(env, capsys):
-    from utils.slurm import GridTask
     sweep = make_sweep(env, seeds=(1,), sleep=0.0, fail=(1,))
     out = env / "R"
     assert grid_main([sweep, "--results_dir", str(out), "--slurm_local"]) == 1
@@ -59,8 +59,8 @@ def test_packs_are_array_tasks_and_a_requeued_pack_resumes_every_seed(tmp_path, 
     test_grid_packs, which records what it runs); a requeued pack is the same task, whose command gives
     every seed its own checkpoint folder and --resume."""
     from tests.test_grid_packs import EXTRA, STAND_IN, write_sweep
-    from utils.grid import GridPack, make_pack
-    from utils.slurm import GridTask
+    from utils.grid.packs import make_pack
+    from utils.grid.runs import GridPack
     from utils.seeds import for_seed
     (tmp_path / "main.py").write_text(STAND_IN)
     monkeypatch.setenv("LEDGER", str(tmp_path / "ledger.jsonl"))

@@ -8,7 +8,7 @@ import types
 import pytest
 
 from tests.test_summarize import cl_results, results_dir, write  # noqa: F401
-from utils.summarize import main
+from utils.summarize.command import main
 from utils.wandb_logger import RESULTS_KEY
 
 

@@ -11,6 +11,7 @@ import torch
 from backbone.heads import FCHead, fno_matrix
 from utils import collapse
 from utils.collapse import collapse_metrics, is_fno_weight
+from utils.summarize import collapse as compare
 
 F64 = torch.float64
 SCALE_FREE = [m for m in collapse.METRICS if not m.startswith("margin_")]
@@ -233,7 +234,7 @@ def two_runs(tmp_path):
 
 def test_cli_table_and_errors(tmp_path, capsys):
     a, b = two_runs(tmp_path)
-    assert collapse.main([a, b]) == 0
+    assert compare.main([a, b]) == 0
     out = capsys.readouterr().out
     assert "fno.json (er/fno+mask)" in out and "fc.json (er/fc+mask)" in out
     line = next(l for l in out.splitlines() if l.startswith("nc1 "))
@@ -247,7 +248,7 @@ def test_cli_table_and_errors(tmp_path, capsys):
     plain = tmp_path / "plain.json"
     plain.write_text(json.dumps({"class_il": 1.0, "collapse": None}))
     for bad in (missing, str(broken), str(plain)):
-        assert collapse.main([a, bad]) == 2
+        assert compare.main([a, bad]) == 2
         err = capsys.readouterr().err.strip()
         assert bad in err and "\n" not in err
 
@@ -256,7 +257,7 @@ def test_cli_plots_one_figure(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     a, b = two_runs(tmp_path)
     out_dir = tmp_path / "plots"
-    assert collapse.main([a, b, "--plots", str(out_dir)]) == 0
+    assert compare.main([a, b, "--plots", str(out_dir)]) == 0
     assert "nc1 " in capsys.readouterr().out
     assert os.listdir(out_dir) == ["collapse.png"]
     assert (out_dir / "collapse.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -266,11 +267,11 @@ def test_collapse_figure_panels_shared_axes_and_ideal_lines(tmp_path):
     """One panel per metric; both runs on the same axes; the ideal value drawn as a line and inside the
     y-range, which starts at 0 rather than zooming in on the runs (the values here are 1.1..2.3)."""
     pytest.importorskip("matplotlib")
-    runs = [collapse.load_run(path) for path in two_runs(tmp_path)]
-    fig = collapse.collapse_figure(runs)
+    runs = [compare.load_run(path) for path in two_runs(tmp_path)]
+    fig = compare.collapse_figure(runs)
     panels = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in panels] == list(collapse.METRICS)
-    assert set(collapse.IDEAL) == set(collapse.METRICS)
+    assert set(compare.IDEAL) == set(collapse.METRICS)
     for ax in panels:
         metric = ax.get_title()
         lines = {line.get_label(): line for line in ax.get_lines()}
@@ -280,7 +281,7 @@ def test_collapse_figure_panels_shared_axes_and_ideal_lines(tmp_path):
         assert "fno.json (er/fno+mask)" in run_lines
         low, high = ax.get_ylim()
         assert low <= 0.0, metric
-        ideal = collapse.IDEAL[metric]
+        ideal = compare.IDEAL[metric]
         if ideal is None:
             assert "ideal" not in lines
         else:
@@ -295,8 +296,8 @@ def test_collapse_figure_panels_shared_axes_and_ideal_lines(tmp_path):
 def test_cli_plots_without_matplotlib_is_a_one_line_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
     a, b = two_runs(tmp_path)
-    assert collapse.main([a, b, "--plots", str(tmp_path / "plots")]) == 2
+    assert compare.main([a, b, "--plots", str(tmp_path / "plots")]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1
-    assert captured.err.startswith("python -m utils.collapse: error: --plots needs matplotlib")
+    assert captured.err.startswith("python -m utils.summarize.collapse: error: --plots needs matplotlib")
     assert not (tmp_path / "plots").exists()

@@ -19,7 +19,8 @@ import yaml
 
 from utils.errors import UserError
 from utils.flags import results_name
-from utils.grid import main as grid_main, parse_extra, parse_set, plan, render_command
+from utils.grid.cli import main as grid_main
+from utils.grid.sweep import parse_extra, parse_set, plan, render_command
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

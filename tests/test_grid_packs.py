@@ -18,10 +18,13 @@ import pytest
 import yaml
 
 from tests.test_grid import ROOT, wait_for
-from utils import claims
+from utils.grid import claims
 from utils.args import parse_args
 from utils.checkpoint import CHECKPOINT_FILE
-from utils.grid import GridRun, form_packs, main as grid_main, pack_size, packable, plan
+from utils.grid.cli import main as grid_main
+from utils.grid.packs import form_packs, pack_size, packable
+from utils.grid.runs import GridRun
+from utils.grid.sweep import plan
 from utils.runlock import lock_file
 from utils.seeds import for_seed, seed_args
 

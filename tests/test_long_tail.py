@@ -332,7 +332,7 @@ def test_ddp_two_cpu_processes_with_gloo(cifar_dir, tmp_path):
 @pytest.mark.parametrize("name", ["lt-cifar10", "lt-cifar100"])
 def test_sweep_files_cover_the_grid_and_the_grid_commands_parse(name, tmp_path, monkeypatch):
     """Every run the grid runner plans with --checkpoints (--results_file, --checkpoint_dir, --resume added) parses."""
-    from utils.grid import expand, load_sweep, plan
+    from utils.grid.sweep import expand, load_sweep, plan
     path = os.path.join(REPO, "sweeps", f"{name}.yaml")
     sweep = load_sweep(path)
     assert sweep["program"] == "main_lt.py" and sweep["method"] == "grid"

@@ -1,11 +1,11 @@
-"""utils.results, the one reader of results files: what a record holds, what is refused (one line each),
+"""utils.summarize.results, the one reader of results files: what a record holds, what is refused (one line each),
 partial and validation fields, long-tail final and best epochs, head labels, and the grid's headline."""
 import json
 import math
 
 import pytest
 
-from utils.results import (ResultsError, headline, head_flags, head_label, load, lt_key, read_directory, record,
+from utils.summarize.results import (ResultsError, headline, head_flags, head_label, load, lt_key, read_directory, record,
                            run_label)
 
 

@@ -10,7 +10,8 @@ import sys
 import pandas as pd
 import pytest
 
-from utils.summarize import main, paired_comparison, t_critical, two_sided_p
+from utils.summarize.command import main
+from utils.summarize.tables import paired_comparison, t_critical, two_sided_p
 
 
 # ---------------------------------------------------------------- the t distribution (scipy.stats)
@@ -404,8 +405,9 @@ def test_plots_are_written(results_dir, tmp_path, capsys):
 
 def test_long_tail_bars_show_groups_of_each_epoch(results_dir):
     pytest.importorskip("matplotlib")
-    from utils.results import read_directory
-    from utils.summarize import lt_figure, lt_statistics
+    from utils.summarize.figures import lt_figure
+    from utils.summarize.results import read_directory
+    from utils.summarize.tables import lt_statistics
     records = [r for r in read_directory(str(results_dir), lambda line: None) if r["setting"] == "long-tail"]
     fig = lt_figure(lt_statistics(pd.DataFrame(records)), "cifar10-lt", 100)
     assert [ax.get_title() for ax in fig.axes] == [

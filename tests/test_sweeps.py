@@ -13,7 +13,7 @@ import os
 import pytest
 
 from datasets import dataset_names
-from utils.grid import DEFAULT_COMMAND, RUNNER_FLAGS, expand, load_sweep, plan, render_command
+from utils.grid.sweep import DEFAULT_COMMAND, RUNNER_FLAGS, expand, load_sweep, plan, render_command
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEPS = sorted(glob.glob(os.path.join(ROOT, "sweeps", "*.yaml")))

@@ -1,5 +1,5 @@
 """The one reader of results files (``main.py`` and ``main_lt.py --results_file``), used by
-``utils.summarize``, ``utils.collapse`` and the grid runner's progress lines.
+the summary tables, the collapse comparison and the grid runner's progress lines.
 
 ``load(path)`` returns the file's JSON mapping or raises ``ResultsError`` with a
 one-line reason.  ``record(path, results)`` flattens a continual-learning or a
@@ -27,7 +27,9 @@ import math
 import os
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
+from backbone.heads import get_head_class, head_names
 from utils.flags import OPERATIONAL_FLAGS, canonical
+from utils.wandb_logger import RESULTS_KEY
 
 # label -> results-file field: each must be in the file; Class-IL must be a number, the others may be null
 # (a one-row matrix has no forgetting; a setting without task identities no Task-IL)
@@ -113,7 +115,6 @@ def _matrix(results: dict, key: str, complete: bool = True, nullable: bool = Fal
 
 def head_flags() -> Dict[str, dict]:
     """Every registered head's own flags: head name -> {flag: default}."""
-    from backbone.heads import get_head_class, head_names
     return {name: {flag: spec.default for flag, spec in get_head_class(name).FLAGS.items()}
             for name in head_names()}
 
@@ -211,7 +212,6 @@ def read_sources(sources: Iterable[Tuple[str, Callable[[], dict]]], report=print
 
 def wandb_results(run) -> dict:
     """The results file a finished wandb run keeps in its summary (``WandbLogger.finish``), or ``ResultsError``."""
-    from utils.wandb_logger import RESULTS_KEY
     try:
         text = run.summary.get(RESULTS_KEY)
     except Exception as exc:

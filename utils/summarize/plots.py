@@ -1,4 +1,4 @@
-"""The project's one plotting style, shared by ``utils.summarize --plots`` and ``utils.collapse --plots``.
+"""The project's one plotting style, shared by ``utils.summarize --plots`` and ``utils.summarize.collapse --plots``.
 
 Figures are ``matplotlib.figure.Figure`` objects (no pyplot: no global figure
 state, no GUI backend) and are written as PNG atomically.  Each head has one
@@ -12,6 +12,8 @@ from __future__ import annotations
 import io
 import math
 from typing import List, Optional, Sequence
+
+from utils.io import atomic_write_bytes
 
 DPI = 110
 HEAD_COLOURS = {"fc": "#4c72b0", "fno": "#dd8452", "etf": "#55a868", "orth": "#c44e52"}
@@ -82,7 +84,6 @@ def limits_with(values: List[float], *anchors: float, margin: float = 0.05):
 
 def save(fig, path: str) -> str:
     """Write the figure as a PNG atomically; returns the path."""
-    from utils.io import atomic_write_bytes
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     atomic_write_bytes(path, buffer.getvalue())

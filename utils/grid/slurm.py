@@ -4,7 +4,7 @@ submitit (an optional extra: ``pip install -e ".[slurm]"``) submits one array
 task per process still to do, with ``--slurm_partition``, ``--slurm_gpus_per_task``,
 ``--slurm_array_parallelism`` and ``--slurm_time`` (minutes).  A process is a run
 still to do (no results file, no live claim), or a pack of such runs of one
-configuration that differ only in their seed (``--pack_seeds``, ``utils.grid.make_pack``:
+configuration that differ only in their seed (``--pack_seeds``, ``utils.grid.packs.make_pack``:
 one stacked ``main.py --seeds`` process; ``auto`` packs when the tasks have GPUs).
 Each task runs the same command as the local runner (``--checkpoint_dir ... --resume``
 included unless ``--no_checkpoints``: a pack's with a ``{seed}`` template, so each
@@ -23,19 +23,20 @@ import os
 import subprocess
 import sys
 
-from utils import claims
 from utils.errors import UserError
+from utils.grid import claims
+from utils.grid.packs import form_packs, packable
+from utils.grid.processes import finished_status, log_tail, open_log
 
 
 class GridTask:
-    """One process as a submitit task: a run (``utils.grid.GridRun``) or a pack of runs (``GridPack``), its
+    """One process as a submitit task: a run (``utils.grid.runs.GridRun``) or a pack of runs (``GridPack``), its
     command run to completion, its output to its log."""
 
     def __init__(self, unit, env=None):
         self.unit, self.env = unit, dict(env or {})
 
     def __call__(self) -> str:
-        from utils.grid import finished_status, open_log
         members = self.unit.members
         if all(os.path.exists(run.results_file) for run in members):
             return "already done: " + ", ".join(run.results_file for run in members)
@@ -79,7 +80,6 @@ def submit(runs, args, out=None, pack_seeds: int = 1) -> int:
     """Submit the pending runs as one job array, one task per run or pack of at most ``pack_seeds`` seeds;
     with ``--slurm_local`` also wait for it.  Returns the exit code (0; 1 when a local task failed; 2 on a
     usage error)."""
-    from utils.grid import form_packs, packable
     out = out or sys.stdout
     pending = [r for r in runs if not os.path.exists(r.results_file)
                and not os.path.exists(claims.claim_path(r.results_file))]
@@ -103,10 +103,9 @@ def submit(runs, args, out=None, pack_seeds: int = 1) -> int:
         try:
             print(f"  {job.result()}", file=out, flush=True)
         except Exception:  # submitit's FailedJobError: the task raised, the log says why
-            from utils.grid import _log_tail
             lost = [run for run in unit.members if not os.path.exists(run.results_file)]
             failed += len(lost)
-            print(f"  FAILED {'; '.join(run.label for run in lost)}: {_log_tail(unit.log_file)}  "
+            print(f"  FAILED {'; '.join(run.label for run in lost)}: {log_tail(unit.log_file)}  "
                   f"[log: {unit.log_file}]", file=out, flush=True)
     print(f"all {len(pending)} submitted runs done" if not failed else f"{failed} run(s) failed", file=out, flush=True)
     return 1 if failed else 0

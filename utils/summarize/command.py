@@ -1,0 +1,185 @@
+"""``python -m utils.summarize``: read results (files or wandb), print and write the tables, plots and LaTeX."""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from typing import Dict, List, Optional
+
+import pandas as pd
+
+from utils.cli import OneLineParser
+from utils.io import atomic_write_bytes
+from utils.summarize import plots
+from utils.summarize.figures import draw_plots
+from utils.summarize.results import read_directory, read_wandb
+from utils.summarize.tables import (cl_statistics, cl_tables, fixed_heads, head_flag_names, lt_statistics, lt_tables,
+                                    select_on_validation, swept_flags, to_latex, to_markdown, warn_mixed_settings,
+                                    warn_unpaired, _flat_columns)
+from utils.wandb_logger import one_line
+
+DESCRIPTION = "The tables of a directory of results files: python -m utils.summarize DIR [--plots OUT] [--latex OUT.tex]."
+
+
+# ----------------------------------------------------------------------------------------------
+
+def _frames(records: List[dict]) -> Dict[str, pd.DataFrame]:
+    by_setting = {"cl": [], "long-tail": []}
+    for rec in records:
+        by_setting[rec["setting"]].append(rec)
+    return {setting: pd.DataFrame(rows) for setting, rows in by_setting.items()}
+
+
+def _suffixed(path: str, suffix: str) -> str:
+    root, ext = os.path.splitext(path)
+    return f"{root}{suffix}{ext}"
+
+
+class SelectionError(Exception):
+    """--select_on validation cannot be done: the message is the one line to print."""
+
+
+def summarize_part(records: List[dict], report, select_on: Optional[str] = None, plots_dir: Optional[str] = None,
+                   latex: Optional[str] = None, title: str = "") -> tuple:
+    """Print the tables of one set of runs (full, or partial); returns (numeric rows, Markdown sections)."""
+    frames = _frames(records)
+    cl, lt = frames["cl"], frames["long-tail"]
+    suffix = f" ({title})" if title else ""
+    markdown, numeric = [], []
+    cl_stats = lt_stats = None
+    fixed = fixed_heads()
+    ignore = {"classifier"} | head_flag_names()
+    if not cl.empty and select_on == "validation":
+        validated = cl["val_class_il"].notna()
+        if not validated.any():
+            report(f"--select_on validation: none of the {title or 'full runs'} has a 'validation' field; they "
+                   f"are shown without selection")
+        elif not validated.all():
+            report(f"left out {int((~validated).sum())} run(s) without a 'validation' field from --select_on "
+                   f"validation")
+        if validated.any():
+            cl = select_on_validation(cl[validated], report)
+            ignore |= {k for model in cl["model"].unique() for k in swept_flags(model)}
+    if not cl.empty:
+        warn_mixed_settings(cl, ["dataset", "buffer", "method", "head"], report)
+        warn_unpaired(cl, fixed, ignore, report)
+        cl_stats = cl_statistics(cl, fixed)
+        numeric.append(cl_stats.assign(setting="continual"))
+        for (dataset, buffer), table in cl_tables(cl_stats).items():
+            report(f"\n{dataset}, buffer {buffer}{suffix}: mean ± std (n seeds); HEAD - FC: paired mean difference "
+                   f"[95% CI] p (n pairs)")
+            report(table.to_string())
+            markdown.append(f"## {dataset}, buffer {buffer}{suffix}\n\n{to_markdown(table)}\n")
+        if latex:
+            atomic_write_bytes(latex, to_latex(cl_stats).encode())
+            report(f"wrote {latex}")
+    elif latex:
+        report(f"no LaTeX table{suffix}: no continual-learning runs")
+    if not lt.empty:
+        warn_mixed_settings(lt, ["dataset", "imbalance_ratio", "method"], report)
+        lt_stats = lt_statistics(lt)
+        numeric.append(lt_stats.assign(setting="long-tail"))
+        for (dataset, ratio), table in lt_tables(lt_stats).items():
+            report(f"\nlong-tail {dataset}, ratio {ratio}{suffix}: accuracy mean ± std (n seeds); final epoch (the "
+                   f"headline) and best epoch (selected on the test set: optimistic)")
+            report(_flat_columns(table).to_string())
+            markdown.append(f"## long-tail {dataset}, ratio {ratio}{suffix}\n\n{to_markdown(table)}\n")
+    if plots_dir:
+        if not plots.available():
+            report(f"cannot draw --plots: {plots.MISSING_MATPLOTLIB}")
+        else:
+            written = draw_plots(cl, cl_stats, lt_stats, plots_dir, report)
+            report(f"wrote {len(written)} plots to {plots_dir}")
+    return numeric, markdown
+
+
+def summarize(directory: str, plots_dir: Optional[str] = None, latex: Optional[str] = None,
+              select_on: Optional[str] = None, include_partial: bool = False, out=None,
+              records: Optional[List[dict]] = None, source: Optional[str] = None) -> int:
+    """Print (to ``out``, default stdout) and write the tables into ``directory``; return the number of
+    results used.  The results are the files under ``directory``, or ``records`` when given (read from
+    elsewhere, e.g. ``read_wandb``; ``source`` names where for the messages).
+
+    Raises ``SelectionError`` when ``select_on`` cannot be done."""
+    report = lambda line: print(line, file=out or sys.stdout, flush=True)
+    if records is None:
+        records = read_directory(directory, report)
+    else:
+        os.makedirs(directory, exist_ok=True)
+    source = source or directory
+    full = [r for r in records if not r["partial"]]
+    partial = [r for r in records if r["partial"]]
+    if partial and not include_partial:
+        report(f"left out {len(partial)} partial run(s) (\"partial\": true, e.g. --debug_mode): never mixed with "
+               f"full runs; --include_partial summarizes them apart")
+    parts = [(full, "", plots_dir, latex)]
+    if partial and include_partial:
+        parts.append((partial, "partial runs", plots_dir and os.path.join(plots_dir, "partial"),
+                      latex and _suffixed(latex, "_partial")))
+    parts = [p for p in parts if p[0]]
+    if not parts:
+        report(f"no usable results files under {directory}" if source == directory else f"no usable results in {source}")
+        return 0
+    cl_runs = [r for runs, *_ in parts for r in runs if r["setting"] == "cl"]
+    if select_on == "validation" and cl_runs and all(math.isnan(r["val_class_il"]) for r in cl_runs):
+        raise SelectionError(f"--select_on validation: none of the {len(cl_runs)} continual-learning results files "
+                             f"has a 'validation' field (run with --validation PCT)")
+    numeric, markdown = [], []
+    for runs, title, part_plots, part_latex in parts:
+        part_numeric, part_markdown = summarize_part(runs, report, select_on, part_plots, part_latex, title)
+        numeric += [frame.assign(partial=bool(title)) for frame in part_numeric]
+        markdown += part_markdown
+    csv = pd.concat(numeric, ignore_index=True).to_csv(index=False)
+    atomic_write_bytes(os.path.join(directory, "summary.csv"), csv.encode())
+    atomic_write_bytes(os.path.join(directory, "summary.md"), "\n".join(markdown).encode())
+    report(f"\nwrote {os.path.join(directory, 'summary.csv')} and {os.path.join(directory, 'summary.md')}")
+    return sum(len(runs) for runs, *_ in parts)
+
+
+def main(argv: Optional[list] = None, api=None) -> int:
+    """The command; ``api`` stands for ``wandb.Api()`` (tests pass an object with the same methods)."""
+    p = OneLineParser(prog="python -m utils.summarize", description=DESCRIPTION)
+    p.add_argument("directory", nargs="?",
+                   help="directory searched recursively for results files (*.json); with --wandb, where the "
+                        "tables are written (default results/wandb/ENTITY-PROJECT[-SWEEP])")
+    p.add_argument("--wandb", metavar="ENTITY/PROJECT",
+                   help="read the results from the finished runs of this wandb project (their summaries, through "
+                        "the wandb API) instead of from files: runs spread over machines need no copying")
+    p.add_argument("--sweep", metavar="ID", help="with --wandb: only the runs of this sweep")
+    p.add_argument("--plots", metavar="OUT", help="also write PNG plots into OUT (needs matplotlib)")
+    p.add_argument("--latex", metavar="OUT.tex", help="also write the paper-style table as a LaTeX document")
+    p.add_argument("--select_on", choices=("validation",),
+                   help="validation: per configuration, keep the hyper-parameters (lr, minibatch_size, the method's "
+                        "flags) with the best mean validation Class-IL and report their test accuracy")
+    p.add_argument("--include_partial", action="store_true",
+                   help="also summarize runs marked partial (debug / smoke runs), apart from the full runs")
+    args = p.parse_args(argv)
+    records = source = None
+    if args.wandb:
+        if args.wandb.count("/") != 1 or not all(args.wandb.split("/")):
+            p.error(f"--wandb needs ENTITY/PROJECT, got {args.wandb!r}")
+        if args.directory is None:
+            args.directory = os.path.join("results", "wandb", args.wandb.replace("/", "-")
+                                          + (f"-{args.sweep}" if args.sweep else ""))
+        source = f"wandb:{args.wandb}" + (f" sweep {args.sweep}" if args.sweep else "")
+        try:
+            if api is None:
+                import wandb
+                api = wandb.Api()
+            records = read_wandb(api, args.wandb, args.sweep, print)
+        except Exception as exc:
+            print(f"{p.prog}: error: cannot read {source}: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
+            return 2
+    elif args.sweep:
+        p.error("--sweep needs --wandb")
+    elif args.directory is None:
+        p.error("give a results directory, or --wandb ENTITY/PROJECT")
+    elif not os.path.isdir(args.directory):
+        p.error(f"{args.directory} is not a directory")
+    try:
+        used = summarize(args.directory, args.plots, args.latex, args.select_on, args.include_partial,
+                         records=records, source=source)
+    except SelectionError as exc:
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0 if used else 1
