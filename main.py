@@ -5,7 +5,7 @@ import sys
 
 from utils.args import parse_args
 from utils.entry import run_entry
-from utils.stacked import run_seeds
+from utils.stacked.trainer import run_seeds
 from utils.training import run_experiment
 
 

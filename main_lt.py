@@ -14,13 +14,13 @@ from __future__ import annotations
 import sys
 
 from longtail.args import parse_args
+from longtail.processes import Processes
+from longtail.trainer import headline, run_long_tail
+from utils.entry import run_entry
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from longtail.processes import Processes
-    from longtail.trainer import headline, run_long_tail
-    from utils.entry import run_entry
     return run_entry("main_lt.py", args, run_long_tail, headline, writes=Processes.from_environment().main)
 
 

@@ -36,6 +36,7 @@ import time
 
 import numpy as np
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from datasets import get_dataset_class
 from datasets.utils.cifar_io import write_cifar
@@ -43,7 +44,7 @@ from datasets.utils.continual_dataset import Split
 from utils.args import parse_args
 from utils.progress import ProgressBar
 from utils.seeds import seed_args
-from utils.stacked import train_stacked_stage
+from utils.stacked.trainer import train_stacked_stage
 from utils.training import build_run, evaluate, run_experiment, stages, task_data, train_stage
 
 DATASETS = ("seq-cifar10", "seq-cifar100", "seq-tinyimg")
@@ -182,7 +183,6 @@ def measure(opts, dataset: str, model: str, head: str, splits) -> dict:
 def profile_steps(run, data, device: torch.device, rows: int = 15) -> None:
     """Profile a few more training steps: the top operators by device (CPU: host) time, and how busy
     the device was over the wall time (low = the host cannot launch kernels fast enough)."""
-    from torch.profiler import ProfilerActivity, profile
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     sync(device)

@@ -13,6 +13,9 @@ import argparse
 import os
 import sys
 
+from backbone import backbone_names
+from longtail.arms import lt_method_names
+from longtail.data import LT_DATASETS, SHOT_GROUP_DEFINITIONS, get_lt_dataset_class, lt_dataset_names
 from longtail.processes import Processes
 from utils.cli import Extend, OneLineParser, binary, comma_list, momentum, non_negative, non_negative_int, positive, switch
 from utils.run_flags import RUN_DEFAULTS, add_run_flags, given_flags, parse_command_line, resolve_run_flags
@@ -31,7 +34,6 @@ def preset(dataset_cls: type, method: str) -> dict:
 
 
 def describe_presets() -> str:
-    from longtail.data import LT_DATASETS
     parts = []
     for name, cls in sorted(LT_DATASETS.items()):
         values = ", ".join(f"{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in cls.PRESET.items())
@@ -42,9 +44,6 @@ def describe_presets() -> str:
 
 
 def build_parser() -> OneLineParser:
-    from backbone import backbone_names
-    from longtail.arms import lt_method_names
-    from longtail.data import SHOT_GROUP_DEFINITIONS, lt_dataset_names
     p = OneLineParser(prog="main_lt.py", argument_default=None,
                       description="Long-tailed classification with FC, simplex-ETF or FNO heads.")
     g = p.add_argument_group("experiment")
@@ -101,8 +100,6 @@ def build_parser() -> OneLineParser:
 
 
 def resolve(ns: argparse.Namespace) -> argparse.Namespace:
-    from longtail.arms import lt_method_names
-    from longtail.data import get_lt_dataset_class, lt_dataset_names
     explicit = given_flags(ns, {"dataset": lt_dataset_names(), "method": lt_method_names()})
     dataset_cls = get_lt_dataset_class(explicit["dataset"])
     values = dict(DEFAULTS, backbone=dataset_cls.BACKBONE, schedule=dataset_cls.SCHEDULE, width=None,

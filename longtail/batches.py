@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Iterator, List, Tuple
 
 import torch
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from datasets.utils.continual_dataset import Split
 from datasets.utils.transforms import DeviceTransform
@@ -67,7 +68,6 @@ class LoaderBatches:
 
     def __init__(self, dataset, transform: DeviceTransform, batch_size: int, procs: Processes,
                  device: torch.device, workers: int, seed: int, train: bool):
-        from torch.utils.data import DataLoader, DistributedSampler, Subset
         self.transform, self.device, self.sampler = transform, device, None
         if train and procs.distributed:
             self.sampler = DistributedSampler(dataset, procs.world, procs.rank, shuffle=True,

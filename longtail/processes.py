@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from utils.cli import resolve_device
+from utils.devices import resolve_device
 from utils.errors import UserError
 
 

@@ -11,7 +11,7 @@ from utils.buffer import ReservoirBuffer
 from utils.errors import UserError
 from utils.progress import ProgressBar
 from utils.seeds import parse_seeds, seed_args
-from utils.stacked import run_stacked, shared_dataset, train_stacked_stage
+from utils.stacked.trainer import run_stacked, shared_dataset, train_stacked_stage
 from utils.stacked.buffer import StackedBuffer
 from utils.training import build_run, run_experiment, stages, train_stage
 
@@ -206,7 +206,7 @@ def test_each_seed_writes_its_single_runs_results_file(tmp_path):
     from utils.flags import results_name
     from utils.entry import run_entry
     from utils.seeds import results_template
-    from utils.stacked import run_seeds
+    from utils.stacked.trainer import run_seeds
     explicit = {"dataset": "seq-digits", "model": "sgd", "lr": 0.1, "n_epochs": 1, "device": "cpu"}
     template = results_template(str(tmp_path), explicit, [1, 2])
     assert template.replace("{seed}", "2") == os.path.join(str(tmp_path), results_name({**explicit, "seed": 2}) + ".json")

@@ -22,22 +22,20 @@ from backbone.heads import get_head_class, head_names
 from datasets import dataset_names, get_dataset_class
 from models import get_model_class, model_aliases, model_names
 from utils.best_args import best_args
-from utils.cli import OneLineParser, binary, bounded, non_negative_int, positive, resolve_device, seed, switch
-from utils.flags import DATA_PATH_ENV, NAME_FIELD, fill_name, results_name
+from utils.cli import OneLineParser, binary, bounded, non_negative_int, positive, seed, switch
+from utils.flags import NAME_FIELD, fill_name, results_name
+from utils.run_flags import RUN_DEFAULTS, add_run_flags, resolve_shared_flags
 from utils.seeds import parse_seeds, results_template
 
 # `python main.py` with no arguments: masked-FNO ER on the embedded digits benchmark.
 DEFAULT_ARGV = ["--dataset", "seq-digits", "--model", "er", "--classifier", "fno",
                 "--masked_softmax", "1", "--buffer_size", "200", "--load_best_args"]
 
-DEFAULTS = {
-    "classifier": "fc", "masked_softmax": 0, "buffer_size": 0, "seed": 0, "data_path": "data",
-    "load_best_args": False, "nowand": 0, "amp": "none", "channels_last": 0, "compile": 0,
-    "collapse_metrics": 0, "results_file": None, "results_dir": None, "rebuild_cache": 0,
-    "wandb_project": None, "wandb_entity": None, "wandb_name": None, "checkpoint_dir": None, "resume": False,
-    "validation": 0, "class_order": 0, "eval_every": 0, "debug_mode": 0, "max_steps_per_task": None, "n_tasks": None,
-    "seeds": None,
-}
+DEFAULTS = dict(RUN_DEFAULTS, **{
+    "classifier": "fc", "masked_softmax": 0, "buffer_size": 0, "load_best_args": False, "amp": "none",
+    "channels_last": 0, "compile": 0, "collapse_metrics": 0, "rebuild_cache": 0, "validation": 0, "class_order": 0,
+    "eval_every": 0, "debug_mode": 0, "max_steps_per_task": None, "n_tasks": None, "seeds": None,
+})
 RESULTS_ROOT = "results"  # the default results folder, relative to the current directory
 NO_RESULTS = "none"       # --results_file none: write no results file
 DEBUG_STEPS = 5           # --debug_mode 1: optimizer steps per task unless --max_steps_per_task says otherwise
@@ -121,32 +119,17 @@ def build_parser() -> OneLineParser:
                    help="stop each task after N optimizer steps (a partial run)")
     v.add_argument("--n_tasks", type=positive(int), metavar="N",
                    help="stop after the first N tasks (a partial run when fewer than the benchmark's)")
-    r = p.add_argument_group("run")
-    r.add_argument("--seed", type=seed, metavar="INT", help="seed of every random stream (default 0)")
+    r = add_run_flags(p, "task", results_metavar="{PATH,none}",
+                      results_help=f"write the results here as JSON (atomically); default {RESULTS_ROOT}/<dataset>/"
+                                   "<name>.json under the current directory, the name made from the flags given; "
+                                   "none: no file")
     r.add_argument("--seeds", type=parse_seeds, metavar="A-B|A,B,...",
                    help="train several seeds (1-10, 1,4,7) as one stacked model in one process, each with exactly "
                         "its single run's random streams, results file and checkpoint (DIR/seed-S); a "
                         "--results_file must contain {seed}; see docs/stacked.md")
-    r.add_argument("--device", metavar="{cpu,cuda,cuda:N}", help="default: cuda when available")
-    r.add_argument("--data_path", metavar="DIR", help="where datasets live / are downloaded (default: $FNO_CL_DATA, else ./data)")
-    r.add_argument("--results_file", metavar="{PATH,none}",
-                   help=f"write the results here as JSON (atomically); default {RESULTS_ROOT}/<dataset>/<name>.json "
-                        "under the current directory, the name made from the flags given; none: no file")
-    r.add_argument("--results_dir", metavar="DIR", help="write the results as JSON into this directory, the file "
-                   "named from the flags given (as the grid runner names it; for wandb sweep agents)")
     r.add_argument("--rebuild_cache", type=binary, metavar="{0,1}",
                    help="1: decode the dataset's files again and rewrite its decoded cache (seq-tinyimg), e.g. "
                         "after replacing data files by hand")
-    r.add_argument("--checkpoint_dir", metavar="DIR", help="save a checkpoint here after every task (atomically); "
-                   "{name} in it is replaced by the run's results name, e.g. results/ckpt/{name} (as sweep files "
-                   "give it, so each run of a sweep resumes its own folder)")
-    r.add_argument("--resume", type=switch, nargs="?", const=True, metavar="{0,1}",
-                   help="continue from the last task saved in --checkpoint_dir (a fresh start when there is none)")
-    w = p.add_argument_group("wandb (on when a project is given, by flag or WANDB_PROJECT)")
-    w.add_argument("--nowand", type=binary, metavar="{0,1}", help="1 disables wandb logging")
-    w.add_argument("--wandb_project", metavar="NAME", help="wandb project (default: $WANDB_PROJECT; none: no logging)")
-    w.add_argument("--wandb_entity", metavar="NAME", help="wandb entity (user or team)")
-    w.add_argument("--wandb_name", metavar="NAME", help="wandb run name (default: wandb's)")
     r.add_argument("--collapse_metrics", type=binary, metavar="{0,1}",
                    help="1 computes neural-collapse metrics after each task")
     s = p.add_argument_group("speed")
@@ -205,7 +188,6 @@ def resolve(ns: argparse.Namespace) -> argparse.Namespace:
             raise ValueError(f"--{required} is required (valid choices: "
                              f"{', '.join(dataset_names() if required == 'dataset' else model_names())})")
     values = dict(DEFAULTS)
-    values["data_path"] = os.environ.get(DATA_PATH_ENV) or DEFAULTS["data_path"]  # a cluster's data folder
     aliases = model_aliases()
     model = explicit["model"]
     if model in aliases:
@@ -250,9 +232,7 @@ def resolve(ns: argparse.Namespace) -> argparse.Namespace:
     if missing:
         raise ValueError(f"--model {explicit['model']} needs " + ", ".join(f"--{m}" for m in missing)
                          + " (give it, or use --load_best_args)")
-    values["device"] = str(resolve_device(values.get("device")))
-    if values["resume"] and not values["checkpoint_dir"]:
-        raise ValueError("--resume needs --checkpoint_dir (the directory holding the checkpoint)")
+    resolve_shared_flags(values, explicit)
     check_protocol(values, dataset_cls, model_cls, explicit["model"])
     model_cls.check_args(argparse.Namespace(**values), dataset_cls.N_TASKS, dataset_cls.DOMAIN_IL)
     if values["debug_mode"] and values["max_steps_per_task"] is None:

@@ -1,4 +1,6 @@
-"""Parser pieces shared by ``main.py`` and ``main_lt.py``: one-line errors and value types.
+"""Parser pieces shared by every command (``main.py``, ``main_lt.py``, the grid and the summaries): the one
+parser class (one-line errors), the ``Flag`` that methods and heads declare, and value types.  Torch-free, so
+that tools parse their command lines without importing torch.
 
 Every type below rejects what it cannot represent exactly (NaN, infinities,
 values out of range) at parse time, so a bad flag fails before any training.
@@ -9,8 +11,6 @@ import argparse
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
-
-import torch
 
 INT64_MAX = 2 ** 63 - 1
 
@@ -96,26 +96,6 @@ def non_negative(kind, high=None):
 non_negative_int = non_negative(int)
 seed = bounded(int, -INT64_MAX - 1, INT64_MAX)  # what torch.manual_seed accepts
 momentum = bounded(float, 0, 1)
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """``None`` -> cuda when available, else cpu; otherwise a checked ``cpu``, ``cuda`` or ``cuda:N``."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"invalid --device {name!r}; valid choices: cpu, cuda, cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"invalid --device {name!r}; valid choices: cpu, cuda, cuda:N")
-    if device.type == "cpu" and device.index not in (None, 0):
-        raise ValueError(f"invalid --device {name!r}: there is one CPU device; use --device cpu")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name} requested but CUDA is not available; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
-    return device
 
 
 def comma_list(item_type: Callable[[str], Any] = str, choices=None):

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from utils.cli import binary, resolve_device, seed, switch
+from utils.cli import binary, seed, switch
+from utils.devices import resolve_device
 from utils.flags import DATA_PATH_ENV, fill_name, results_name
 
 RUN_DEFAULTS = {
@@ -20,15 +21,17 @@ RUN_DEFAULTS = {
 }
 
 
-def add_run_flags(parser: argparse.ArgumentParser, stage: str) -> argparse._ArgumentGroup:
-    """Add the shared flags; ``stage`` names what a checkpoint follows ("task", "epoch").  Returns the
-    "run" group."""
+def add_run_flags(parser: argparse.ArgumentParser, stage: str, results_help: str = "write the results here as JSON "
+                  "(atomically)", results_metavar: str = "PATH") -> argparse._ArgumentGroup:
+    """Add the shared flags; ``stage`` names what a checkpoint follows ("task", "epoch"), ``results_help`` and
+    ``results_metavar`` say what ``--results_file`` takes and its default.  Returns the "run" group (an entry
+    point's own run flags join it)."""
     r = parser.add_argument_group("run")
     r.add_argument("--seed", type=seed, metavar="INT", help="seed of every random stream (default 0)")
     r.add_argument("--device", metavar="{cpu,cuda,cuda:N}", help="default: cuda when available")
     r.add_argument("--data_path", metavar="DIR",
                    help=f"where datasets live / are downloaded (default: ${DATA_PATH_ENV}, else ./data)")
-    r.add_argument("--results_file", metavar="PATH", help="write the results here as JSON (atomically)")
+    r.add_argument("--results_file", metavar=results_metavar, help=results_help)
     r.add_argument("--results_dir", metavar="DIR", help="write the results as JSON into this directory, the file "
                    "named from the flags given (as the grid runner names it; for wandb sweep agents)")
     r.add_argument("--checkpoint_dir", metavar="DIR", help=f"save a checkpoint here after every {stage} (atomically); "
@@ -63,17 +66,24 @@ def given_flags(ns: argparse.Namespace, required: dict) -> dict:
     return given
 
 
+def resolve_shared_flags(values: dict, explicit: dict) -> None:
+    """Settle what every entry point settles the same way: the device checked and named, the data folder from
+    ``$FNO_CL_DATA`` when none was given (as the grid runner takes it), ``--resume`` only with a checkpoint
+    directory.  Raises ``ValueError`` (the parser's one-line error)."""
+    values["device"] = str(resolve_device(values.get("device")))
+    if "data_path" not in explicit and os.environ.get(DATA_PATH_ENV):  # a cluster's data folder
+        values["data_path"] = os.environ[DATA_PATH_ENV]
+    if values["resume"] and not values["checkpoint_dir"]:
+        raise ValueError("--resume needs --checkpoint_dir (the directory holding the checkpoint)")
+
+
 def resolve_run_flags(values: dict, explicit: dict) -> None:
     """Settle the shared flags in ``values`` (merged settings) given the ``explicit`` command-line ones:
     the device checked and named, the data folder from ``$FNO_CL_DATA`` when none was given (as the grid
     runner takes it), ``--resume`` only with a checkpoint directory, ``--results_dir`` turned into the
     results file, ``{name}`` in ``--checkpoint_dir`` replaced by the run's results name.  Raises ``ValueError``
     (the parser's one-line error)."""
-    values["device"] = str(resolve_device(values.get("device")))
-    if "data_path" not in explicit and os.environ.get(DATA_PATH_ENV):  # a cluster's data folder
-        values["data_path"] = os.environ[DATA_PATH_ENV]
-    if values["resume"] and not values["checkpoint_dir"]:
-        raise ValueError("--resume needs --checkpoint_dir (the directory holding the checkpoint)")
+    resolve_shared_flags(values, explicit)
     values["checkpoint_dir"] = fill_name(values["checkpoint_dir"], results_name(explicit))
     if values["results_dir"] is not None:
         if "results_file" in explicit:

@@ -9,6 +9,7 @@ import torch
 
 from datasets.utils.transforms import DeviceTransform
 from utils.errors import DataError
+from utils.seeding import derive_seed
 
 
 @dataclass
@@ -121,7 +122,6 @@ def class_permutation(n_classes: int, order_seed: int) -> Optional[torch.Tensor]
     versions) seeded from ``order_seed`` alone, not from ``--seed``."""
     if not order_seed:
         return None
-    from utils.seeding import derive_seed
     rng = np.random.RandomState(derive_seed(order_seed, "class-order") % 2 ** 32)
     return torch.from_numpy(rng.permutation(n_classes))
 
@@ -148,7 +148,6 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int):
 def stratified_holdout(groups: torch.Tensor, percent: float, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """``--validation``: (kept, held-out) sample indices, ascending; ``round(percent / 100 * n)`` of each
     group's ``n`` samples are held out, drawn by a generator derived from ``seed``."""
-    from utils.seeding import derive_seed
     kept, held = stratified_split(groups.cpu().numpy(), percent / 100, derive_seed(seed, "validation") % 2 ** 32)
     return torch.from_numpy(kept), torch.from_numpy(held)
 

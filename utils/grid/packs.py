@@ -15,7 +15,7 @@ from utils.flags import canonical
 from utils.grid.runs import GridPack, GridRun, Unit
 from utils.grid.sweep import runner_flags
 from utils.seeds import for_seed
-from utils.stacked import check_stackable
+from utils.stacked.trainer import check_stackable
 
 PACKED_PROGRAM = "main.py"  # the entry point that trains several seeds in one process (--seeds)
 PACK_AUTO_MAX = 64          # --pack_seeds auto with CUDA devices: at most this many seeds per process

@@ -11,6 +11,8 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional
 
+import torch
+
 from utils.grid.runs import GridPack, GridRun, Unit
 
 STOP_GRACE_S = 10.0   # how long stopped runs get to exit cleanly before they are killed
@@ -105,7 +107,6 @@ def visible_devices() -> List[str]:
     if given is not None:
         return [d.strip() for d in given.split(",") if d.strip() and d.strip() != "-1"]
     try:
-        import torch  # only when CUDA_VISIBLE_DEVICES does not say
         return [str(i) for i in range(torch.cuda.device_count())]
     except Exception:
         return []

@@ -45,8 +45,3 @@ Supported: the methods of ``STACKED_METHODS``, the heads of ``HEADS`` and the
 backbones of ``BACKBONES``; anything else is refused in one line
 (``check_stackable``).  See docs/stacked.md for the measurements.
 """
-from utils.stacked.trainer import (BACKBONES, HEADS, STACKED_METHODS, check_stackable, run_seeds, run_stacked,
-                                   shared_dataset, train_stacked_stage)
-
-__all__ = ["BACKBONES", "HEADS", "STACKED_METHODS", "check_stackable", "run_seeds", "run_stacked", "shared_dataset",
-           "train_stacked_stage"]
