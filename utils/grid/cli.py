@@ -71,7 +71,7 @@ def main(argv: Optional[list] = None) -> int:
                    help=f"seconds without a heartbeat after which another host's claim on a run is taken over "
                         f"(default {claims.CLAIM_TIMEOUT_S:g})")
     p.add_argument("--slurm", action="store_true",
-                   help="submit the pending runs as one SLURM job array through submitit (utils/slurm.py) "
+                   help="submit the pending runs as one SLURM job array through submitit (utils/grid/slurm.py) "
                         "instead of running them here")
     p.add_argument("--slurm_partition", help="SLURM partition")
     p.add_argument("--slurm_gpus_per_task", type=int, default=1, help="GPUs per array task (default 1)")

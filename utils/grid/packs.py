@@ -63,7 +63,7 @@ def seeds_command(run: GridRun, seeds: list) -> List[str]:
 def make_pack(members: List[GridRun]) -> GridPack:
     """One ``main.py --seeds=a,b,c`` process for runs that differ only in their seed: ``--results_file`` and
     ``--checkpoint_dir`` are templates whose ``{seed}`` gives back every member's own file and folder (checked
-    with ``utils.stacked.for_seed``, as main.py fills them), so each seed resumes the checkpoint it would
+    with ``utils.seeds.for_seed``, as main.py fills them), so each seed resumes the checkpoint it would
     resume alone.  ``UserError`` (the reason) when no template names them all (names shortened with a hash)."""
     first, seeds = members[0], [run.params["seed"] for run in members]
     name = os.path.basename(first.results_file)[:-len(".json")]
