@@ -49,6 +49,8 @@ class AGem(ContinualModel):
         "seq-digits": {b: dict(lr=0.01, minibatch_size=64) for b in (50, 200, 500)},
     }
 
+    SEVERAL_BACKWARDS = "backpropagates the stream and the memory losses separately to compare their gradients"
+
     @classmethod
     def check_args(cls, args, n_tasks: int, domain_il: bool) -> None:
         super().check_args(args, n_tasks, domain_il)
@@ -64,11 +66,12 @@ class AGem(ContinualModel):
         self.params = [p for p in net.parameters() if p.requires_grad]
 
     def end_task(self, task, data):
-        pick = torch.randperm(len(data), device=data.y.device, generator=self.setting.buffer_generator)
+        pick = torch.randperm(len(data), device=data.device, generator=self.setting.buffer_generator)
         pick = pick[:self.per_task]
         # The buffer holds at most n_tasks * per_task <= buffer_size samples, so reservoir insertion
         # never replaces one: it simply appends.
-        self.buffer.add(examples=data.x[pick], labels=data.y[pick])
+        x, y = data.take(pick)
+        self.buffer.add(examples=x, labels=y)
 
     def observe(self, inputs, labels, not_aug_inputs):
         self.opt.zero_grad(set_to_none=True)

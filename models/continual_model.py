@@ -37,31 +37,39 @@ class Setting:
         return len(self.task_of_class)
 
 
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes that replay CUDA graphs
+
+
 def batch_norm_layers(net: nn.Module) -> list:
     """The batch-norm layers of ``net`` (the same objects once ``--compile`` wraps it)."""
     return [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
 def backward_terms(net: nn.Module, terms: list, backward: Callable, batch_norm: bool) -> torch.Tensor:
-    """Backpropagate loss terms that each need a forward pass of ``net``; return their sum, detached.
+    """Backpropagate the sum of loss terms that each need a forward pass of ``net``, with one backward pass;
+    return the sum, detached.
 
     ``terms`` is a list of ``(inputs, loss_of)`` pairs, ``loss_of(outputs)`` giving the term;
     ``backward(compute_loss)`` computes one loss (under autocast) and backpropagates it.  With batch
     norm (``batch_norm``) every term has its own forward pass, as the reference methods compute
-    them (each pass is its own batch for the statistics), backpropagated at once, so one pass's
-    activations are held at a time.  Without batch norm a sample's outputs do not depend on the
-    rest of its batch: one forward pass over every term's inputs and one backward of the summed
-    terms give the same loss and gradients, up to float rounding, in half (ER) or a third (DER++)
-    of the operations.  The one mechanism both trainers use (``ContinualModel`` and
-    ``utils.stacked.Stack``), so a stacked seed computes its single run's step.
+    them (each pass is its own batch for the statistics); the terms are summed and backpropagated
+    once (the gradients of the sum are the sum of the terms' gradients, up to float rounding), so a
+    step is one forward graph per term and one backward, as CUDA graphs (``--compile
+    reduce-overhead``) require; every pass's activations are held until the backward.  Without batch
+    norm a sample's outputs do not depend on the rest of its batch: one forward pass over every
+    term's inputs gives the same loss and gradients, up to float rounding, in half (ER) or a third
+    (DER++) of the operations.  The one mechanism both trainers use (``ContinualModel`` and
+    ``utils.stacked.method.Stack``), so a stacked seed computes its single run's step.
     """
     if batch_norm or len(terms) == 1:
-        return functools.reduce(operator.add, [backward(lambda: loss_of(net(x))) for x, loss_of in terms])
-    sizes = [len(x) for x, _ in terms]
+        def summed():
+            return functools.reduce(operator.add, [loss_of(net(x)) for x, loss_of in terms])
+    else:
+        sizes = [len(x) for x, _ in terms]
 
-    def summed():
-        outs = net(torch.cat([x for x, _ in terms])).split(sizes)
-        return functools.reduce(operator.add, [loss_of(out) for out, (_, loss_of) in zip(outs, terms)])
+        def summed():
+            outs = net(torch.cat([x for x, _ in terms])).split(sizes)
+            return functools.reduce(operator.add, [loss_of(out) for out, (_, loss_of) in zip(outs, terms)])
     return backward(summed)
 
 
@@ -91,6 +99,9 @@ class ContinualModel(nn.Module):
     # incremental benchmarks refused); empty: no refusal.
     NO_MASKING: str = ""
     NEEDS_NEW_CLASSES: str = ""
+    # Why a step takes several backward passes (A-GEM: two gradients to compare); empty: one backward per step.
+    # CUDA graphs (--compile reduce-overhead) need one, so such a method refuses that mode.
+    SEVERAL_BACKWARDS: str = ""
 
     @classmethod
     def check_args(cls, args, n_tasks: int, domain_il: bool) -> None:
@@ -99,6 +110,9 @@ class ContinualModel(nn.Module):
         own extends it (calling ``super().check_args``)."""
         if cls.NO_MASKING and args.masked_softmax:
             raise ValueError(f"--model {cls.NAME} {cls.NO_MASKING}: use --masked_softmax 0")
+        if cls.SEVERAL_BACKWARDS and args.compile in CUDA_GRAPH_MODES:
+            raise ValueError(f"--compile {args.compile} replays CUDA graphs, which need one backward pass per step, "
+                             f"but --model {cls.NAME} {cls.SEVERAL_BACKWARDS}; use --compile default (or 0)")
         if cls.NEEDS_NEW_CLASSES and domain_il:
             raise ValueError(f"--model {cls.NAME} {cls.NEEDS_NEW_CLASSES}; {args.dataset} is domain-incremental: it "
                              f"repeats the same classes in every task; use a class-incremental benchmark")

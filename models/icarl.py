@@ -168,7 +168,8 @@ class ICaRL(SigmoidDistillation):
         classes = torch.nonzero(task_of_class == task).flatten()
         rows = herding(self.features(data.x, data.prepare), data.y, classes, per_class)
         quota = torch.full((len(task_of_class),), per_class, device=self.device)
-        self.buffer.add_balanced(quota, examples=data.x[rows], labels=data.y[rows])
+        x, y = data.take(rows)
+        self.buffer.add_balanced(quota, examples=x, labels=y)
 
     def compute_class_means(self, prepare) -> None:
         """Each stored class's mean of normalised exemplar features, normalised again."""

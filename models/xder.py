@@ -415,7 +415,7 @@ class XDER(ContinualModel):
         order = torch.randperm(len(data), device=self.device, generator=self.setting.buffer_generator)
         taken = rank_in_class(data.y[order], self.num_classes) < quota[data.y[order]]
         rows = order[taken]  # once per task
-        x, y = data.x[rows], data.y[rows]
+        x, y = data.take(rows)
         logits = self.logits_of(x)
         if task > 0:  # the earlier heads of a new entry stay below gamma times its own logit
             logits = update_logits(logits, logits, y, 0, task * self.cpt, self.args.gamma)

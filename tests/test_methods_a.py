@@ -56,7 +56,7 @@ def task_data(run, task, n=None):
     """The first ``n`` training samples of ``task`` as the trainer hands them to begin_task / end_task."""
     data = stages(run)[task]
     idx = data.indices[:n]
-    return TaskData(task, run.train.x[idx], run.train.y[idx], idx, data.generator, data.augment, data.prepare)
+    return TaskData(task, run.train.x, run.train.y, idx, data.generator, data.augment, data.prepare)
 
 
 def stream_batch(run, task, n=10, offset=0):

@@ -217,3 +217,25 @@ def test_each_seed_writes_its_single_runs_results_file(tmp_path):
         with open(template.replace("{seed}", str(seed))) as f:
             written = json.load(f)
         assert written["args"]["seed"] == seed and written["args"]["seeds"] is None
+
+
+def test_stacked_seeds_share_one_copy_of_the_training_data():
+    """The data a stacked run holds does not grow with its seeds: every seed's training split, and every task's
+    data a method sees (``TaskData``, which gathers from the split when read), is one storage on the device."""
+    args = digits_args("--model", "er", "--buffer_size", "50", "--lr", "0.1")
+    dataset = shared_dataset(args)
+
+    def data_storages(n_seeds):
+        runs = [build_run(seed_args(args, seed), dataset) for seed in range(1, n_seeds + 1)]
+        plans = [stages(run) for run in runs]
+        tensors = [run.train.x for run in runs] + [run.train.y for run in runs] + \
+            [t for plan in plans for data in plan for t in (data.source_x, data.source_y)]
+        return {t.untyped_storage().data_ptr() for t in tensors}
+
+    one, four = data_storages(1), data_storages(4)
+    assert len(one) == 2 and four == one  # inputs and labels, whatever the number of seeds
+    run = build_run(seed_args(args, 1), dataset)
+    data = stages(run)[1]
+    assert torch.equal(data.x, run.train.x[data.indices]) and torch.equal(data.y, run.train.y[data.indices])
+    rows = torch.tensor([3, 0, 7])
+    assert all(torch.equal(a, b) for a, b in zip(data.take(rows), (data.x[rows], data.y[rows])))

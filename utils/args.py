@@ -35,6 +35,7 @@ DEFAULTS = dict(RUN_DEFAULTS, **{
     "classifier": "fc", "masked_softmax": 0, "buffer_size": 0, "load_best_args": False, "amp": "none",
     "channels_last": 0, "compile": 0, "collapse_metrics": 0, "rebuild_cache": 0, "validation": 0, "class_order": 0,
     "eval_every": 0, "debug_mode": 0, "max_steps_per_task": None, "n_tasks": None, "seeds": None,
+    "deterministic": 0,
 })
 RESULTS_ROOT = "results"  # the default results folder, relative to the current directory
 NO_RESULTS = "none"       # --results_file none: write no results file
@@ -138,6 +139,10 @@ def build_parser() -> OneLineParser:
     s.add_argument("--compile", type=_compile_mode, metavar="{" + ",".join(("0", "1") + COMPILE_MODES) + "}",
                    help="torch.compile the network: 0 (default), 1 (default mode) or a mode name, e.g. "
                         "reduce-overhead (CUDA graphs on CUDA)")
+    s.add_argument("--deterministic", type=binary, metavar="{0,1}",
+                   help="CUDA: 1 picks deterministic cuDNN kernels (reruns on the same GPU give the same numbers); "
+                        "0 (default) lets cuDNN benchmark its kernels for each shape, faster for the fixed shapes "
+                        "of a run (the CPU is deterministic either way)")
     s.add_argument("--num_threads", type=positive(int, high=os.cpu_count() or 1), metavar=f"1..{os.cpu_count() or 1}",
                    help="CPU threads for torch (default: the dataset's choice, else torch's)")
     for owners, flags in owned_flags().items():

@@ -18,7 +18,7 @@ from typing import Dict, Optional
 
 OPERATIONAL_FLAGS = frozenset({
     "results_file", "results_dir", "checkpoint_dir", "checkpoint_every", "resume", "data_path", "rebuild_cache",
-    "device", "num_threads",
+    "device", "num_threads", "deterministic",
     "nowand", "wandb_project", "wandb_entity", "wandb_name",
 })
 MAY_CHANGE_ON_RESUME = OPERATIONAL_FLAGS - {"device"}

@@ -14,7 +14,7 @@ from datasets.utils.continual_dataset import (ContinualDataset, Split, class_per
                                               stratified_holdout)
 from datasets.utils.transforms import DeviceTransform
 from models import get_model_class
-from models.continual_model import ContinualModel, Setting
+from models.continual_model import CUDA_GRAPH_MODES, ContinualModel, Setting
 from utils.buffer import check_buffer_fits
 from utils.callbacks import reporting_run_end
 from utils.checkpoint import load_checkpoint, restore_run
@@ -87,6 +87,9 @@ def build_run(args, dataset: ContinualDataset | None = None) -> Run:
     device = torch.device(args.device)
     if device.type == "cpu" and args.num_threads:
         torch.set_num_threads(args.num_threads)
+    if device.type == "cuda":  # a run's shapes are few and fixed: let cuDNN pick the fastest kernels once
+        torch.backends.cudnn.benchmark = not args.deterministic
+        torch.backends.cudnn.deterministic = bool(args.deterministic)
     seed_everything(args.seed)
     if dataset is None:
         dataset = get_dataset_class(args.dataset)(args.data_path, rebuild_cache=bool(args.rebuild_cache))
@@ -153,30 +156,50 @@ class TaskData:
     """A task's training split as a method sees it at ``begin_task`` / ``end_task``.
 
     ``x`` are the raw (non-augmented) inputs on the run's device and ``y`` their
-    labels; ``generator`` is the run's data-order stream (draws from it are
-    part of the run's reproducible randomness); ``augment`` maps raw inputs to
-    augmented network inputs, ``prepare`` to non-augmented network inputs.
+    labels, gathered from the run's training split (``source_x``, ``source_y``)
+    at ``indices`` when they are read: nothing is copied up front, so a run holds
+    one copy of its data, and the seeds of a stacked run share theirs.
+    ``generator`` is the run's data-order stream (draws from it are part of the
+    run's reproducible randomness); ``augment`` maps raw inputs to augmented
+    network inputs, ``prepare`` to non-augmented network inputs.
     """
     task: int
-    x: torch.Tensor
-    y: torch.Tensor
-    indices: torch.Tensor  # into the run's training split
+    source_x: torch.Tensor  # what ``indices`` index: the run's training split
+    source_y: torch.Tensor
+    indices: torch.Tensor
     generator: torch.Generator
     augment: Callable[[torch.Tensor], torch.Tensor]
     prepare: Callable[[torch.Tensor], torch.Tensor]
 
+    @property
+    def x(self) -> torch.Tensor:
+        return self.source_x[self.indices]
+
+    @property
+    def y(self) -> torch.Tensor:
+        return self.source_y[self.indices]
+
+    @property
+    def device(self) -> torch.device:
+        return self.indices.device
+
     def __len__(self) -> int:
-        return len(self.y)
+        return len(self.indices)
+
+    def take(self, rows: torch.Tensor) -> tuple:
+        """(raw inputs, labels) of the task's samples ``rows`` (positions within the task), one gather each."""
+        chosen = self.indices[rows]
+        return self.source_x[chosen], self.source_y[chosen]
 
     def batches(self, batch_size: int):
         """(raw inputs, labels) in order, ``batch_size`` at a time (for a pass over the task at its end)."""
-        for idx in torch.arange(len(self.y), device=self.y.device).split(batch_size):
-            yield self.x[idx], self.y[idx]
+        for idx in self.indices.split(batch_size):
+            yield self.source_x[idx], self.source_y[idx]
 
 
 def task_data(run: Run, task: int, indices: torch.Tensor) -> TaskData:
-    return TaskData(task, run.train.x[indices], run.train.y[indices], indices, run.data_generator,
-                    run.model.setting.augment, run.transform.test)
+    return TaskData(task, run.train.x, run.train.y, indices, run.data_generator, run.model.setting.augment,
+                    run.transform.test)
 
 
 def stages(run: Run) -> List[TaskData]:
@@ -236,11 +259,14 @@ def train_stage(run: Run, data: TaskData, callbacks=(), first_step: int = 0) -> 
     args, model, train, task = run.args, run.model, run.train, data.task
     start_stage(run, data)
     total = stage_steps(run, data)
+    graphs = args.compile in CUDA_GRAPH_MODES
     loss = torch.zeros(())
     step = 0
     for epoch in range(args.n_epochs):
-        order = data.indices[torch.randperm(len(data), device=data.y.device, generator=run.data_generator)]
+        order = data.indices[torch.randperm(len(data), device=data.device, generator=run.data_generator)]
         for batch in epoch_batches(order, args.batch_size, run.min_batch)[:total - step]:
+            if graphs:  # a new step: outputs of the previous step's graph replays may be overwritten
+                torch.compiler.cudagraph_mark_step_begin()
             raw, labels = train.x[batch], train.y[batch]
             loss = model.observe(run.transform.train(raw, run.augment_generator), labels, raw)
             step += 1

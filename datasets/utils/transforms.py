@@ -64,21 +64,47 @@ class DeviceTransform:
             return self._finish(x)
         return self._finish(random_crop_flip(x, self.crop_padding, self.flip, generator))
 
+    def train_seeds(self, x: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """``train`` for S runs at once: x (N, S, C, H, W), run s's crops and flips drawn from ``generators[s]``
+        with the calls its own ``train`` makes, then one crop-and-flip gather and one normalisation for all
+        (each run's values exactly those of ``train`` on its own N images)."""
+        n, seeds = x.shape[:2]
+        if not self.augments:
+            return self._finish(x)
+        draws = [crop_flip_draws(n, self.crop_padding, self.flip, x.device, g) for g in generators]
+        offsets = torch.stack([o for o, _ in draws], 2).reshape(2, n * seeds, 1)  # sample-major: (n, s) -> n*S + s
+        flipped = None if not self.flip else torch.stack([f for _, f in draws], 1).reshape(n * seeds, 1)
+        out = apply_crop_flip(x.reshape(n * seeds, *x.shape[2:]), self.crop_padding, offsets, flipped)
+        return self._finish(out).view(x.shape)
+
+
+def crop_flip_draws(b: int, padding: int, flip: bool, device, generator: Optional[torch.Generator] = None) -> tuple:
+    """The random draws of ``random_crop_flip`` for a batch of ``b``: crop offsets (2, b, 1) and, with ``flip``,
+    which samples are flipped (b, 1) (else ``None``), in the order ``random_crop_flip`` draws them."""
+    if padding > 0:
+        offsets = torch.randint(0, 2 * padding + 1, (2, b, 1), device=device, generator=generator)
+    else:
+        offsets = torch.zeros(2, b, 1, dtype=torch.long, device=device)
+    flipped = torch.rand(b, 1, device=device, generator=generator) < 0.5 if flip else None
+    return offsets, flipped
+
 
 def random_crop_flip(x: torch.Tensor, padding: int, flip: bool,
                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Random crop (zero padding ``padding``) and horizontal flip of a batch (B, C, H, W) as one gather."""
+    return apply_crop_flip(x, padding, *crop_flip_draws(len(x), padding, flip, x.device, generator))
+
+
+def apply_crop_flip(x: torch.Tensor, padding: int, offsets: torch.Tensor,
+                    flipped: Optional[torch.Tensor]) -> torch.Tensor:
+    """The crop (from the zero-padded image, at ``offsets``) and flip (where ``flipped``) of ``crop_flip_draws``."""
     b, c, h, w = x.shape
     dev = x.device
     if padding > 0:
         x = torch.nn.functional.pad(x, (padding, padding, padding, padding))
-        offsets = torch.randint(0, 2 * padding + 1, (2, b, 1), device=dev, generator=generator)
-    else:
-        offsets = torch.zeros(2, b, 1, dtype=torch.long, device=dev)
     rows = offsets[0] + torch.arange(h, device=dev)              # (B, H)
     cols = torch.arange(w, device=dev).expand(b, w)              # (B, W)
-    if flip:
-        flipped = torch.rand(b, 1, device=dev, generator=generator) < 0.5
+    if flipped is not None:
         cols = torch.where(flipped, (w - 1) - cols, cols)
     cols = offsets[1] + cols
     batch = torch.arange(b, device=dev).view(b, 1, 1, 1)

@@ -70,6 +70,7 @@ class Stack:
         self.buffer = None if model.buffer is None else StackedBuffer([run.model.buffer for run in runs])
         self.autocast = model.autocast
         self.transform = runs[0].transform
+        self.generators = [run.augment_generator for run in runs]
         for name in METHOD_CODE:
             if hasattr(type(model), name):
                 setattr(self, name, types.MethodType(getattr(type(model), name), self))
@@ -87,11 +88,9 @@ class Stack:
         return x, y
 
     def augment(self, raw: torch.Tensor) -> torch.Tensor:
-        """Raw inputs (N, S, ...) -> network inputs, each seed's drawn from its own augmentation stream."""
-        if not self.transform.augments:  # scaling and normalisation only: elementwise, nothing drawn
-            return self.transform.train(raw)
-        return torch.stack([run.transform.train(raw[:, s], run.augment_generator)
-                            for s, run in enumerate(self.runs)], 1)
+        """Raw inputs (N, S, ...) -> network inputs, each seed's crops and flips drawn from its own augmentation
+        stream, then cropped, flipped and normalised for all seeds at once."""
+        return self.transform.train_seeds(raw, self.generators)
 
     def backward(self, compute_loss: Callable[[], torch.Tensor]) -> torch.Tensor:
         """``ContinualModel.backward`` for S seeds: the per-seed terms (S,) summed and backpropagated at once."""

@@ -112,7 +112,7 @@ def train_stacked_stage(runs: list, datas: list, progress=None, step_hook=None, 
     st = Stack(runs)
     total = stage_steps(runs[0], datas[0])
     label = f"Task {task + 1}/{runs[0].dataset.N_TASKS} ({len(runs)} seeds)"
-    device = datas[0].y.device
+    device = datas[0].device
     losses = torch.zeros(len(runs))
     step = 0
     for epoch in range(args.n_epochs):
