@@ -1,0 +1,98 @@
+"""Three preset bugs against Mammoth and the X-DER release, each checked against the reference's behaviour.
+
+* X-DER's strongly augmented consistency views never update the batch-norm running statistics (the
+  release wraps them in ``bn_track_stats(self, False)``), also with ``--align_bn 0``.
+* X-DER's end-of-task logit refresh passes the buffer through the network in a random order from the
+  run's buffer generator (Mammoth draws the whole buffer with ``get_data(buffer_size)``), not in slot order.
+* iCaRL's seq-cifar10 rows are Mammoth's table (``utils/best_args.py``): weight decay 1e-5 at every buffer.
+"""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from models.continual_model import Setting
+from models.icarl import ICaRL
+from models.xder import XDER
+from utils.training import TaskData
+
+DIGITS_TASKS = [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+
+
+def setting(seed=0):
+    return Setting(device=torch.device("cpu"), task_of_class=torch.tensor(DIGITS_TASKS),
+                   augment=lambda x: x.float(), buffer_generator=torch.Generator().manual_seed(seed))
+
+
+def xder_args(make_args, *extra):
+    return make_args("--dataset", "seq-digits", "--model", "xder", "--buffer_size", "12", "--lr", "0.1",
+                     "--alpha", "0.1", "--beta", "0.5", "--simclr_batch_size", "4", "--simclr_num_aug", "2", *extra)
+
+
+@pytest.mark.parametrize("align_bn", ["0", "1"])
+def test_xder_consistency_views_leave_batch_norm_statistics_alone(make_args, align_bn):
+    """First task, empty buffer: the step's passes are the stream batch (updates the statistics) and the
+    strongly augmented views (must not); the running statistics end as after the stream batch alone."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10))
+    model = XDER(net, xder_args(make_args, "--align_bn", align_bn), setting())
+    model.train()
+    raw = torch.randint(0, 17, (8, 1, 8, 8), dtype=torch.uint8)
+    labels = torch.tensor([0, 1] * 4)
+    reference = copy.deepcopy(net).train()
+    with torch.no_grad():
+        reference(raw.float())
+    model.xder_loss(raw.float(), labels, raw)
+    bn, ref_bn = net[2], reference[2]
+    assert torch.equal(bn.num_batches_tracked, ref_bn.num_batches_tracked)
+    assert torch.allclose(bn.running_mean, ref_bn.running_mean) and torch.allclose(bn.running_var, ref_bn.running_var)
+
+
+class Recorder(nn.Module):
+    """A linear network that keeps every batch it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 10)
+        self.calls = []
+
+    def forward(self, x):
+        self.calls.append(x.clone())
+        return self.linear(x)
+
+
+def refresh_order(make_args, buffer_seed):
+    """The slots, in the order the end of task 1 passes the buffer's 12 entries through the network."""
+    torch.manual_seed(0)
+    net = Recorder()
+    model = XDER(net, xder_args(make_args, "--batch_size", "64"), setting(buffer_seed))
+    x_old, y_old = torch.randn(8, 4), torch.tensor([0, 1] * 4)
+    model.buffer.add_balanced(torch.full((10,), 4), examples=x_old, labels=y_old, logits=torch.randn(8, 10))
+    x_new, y_new = torch.randn(20, 4), torch.tensor([2, 3] * 10)
+    data = TaskData(1, x_new, y_new, torch.arange(20), torch.Generator().manual_seed(1), lambda v: v.float(),
+                    lambda v: v.float())
+    model.end_task(1, data)
+    stored = model.buffer.fields["examples"][:len(model.buffer)]
+    refresh = net.calls[-1]  # one batch: --batch_size 64 > 12 entries
+    assert len(refresh) == len(stored) == 12
+    match = (refresh.unsqueeze(1) == stored.unsqueeze(0)).all(2)
+    assert match.sum(1).eq(1).all()
+    return match.float().argmax(1).tolist()
+
+
+def test_xder_task_end_refresh_runs_the_buffer_in_a_random_order_from_the_buffer_generator(make_args):
+    order = refresh_order(make_args, 0)
+    assert sorted(order) == list(range(12)), "every entry once"
+    assert order != list(range(12)), "not slot order (each batch-norm batch would hold one task's classes)"
+    assert refresh_order(make_args, 0) == order, "reproducible from the buffer generator"
+    assert refresh_order(make_args, 1) != order, "drawn from the buffer generator"
+
+
+# Mammoth's utils/best_args.py, seq-cifar10, icarl: (lr, optim_wd) per buffer size.
+MAMMOTH_ICARL_SEQ_CIFAR10 = {200: (0.1, 1e-5), 500: (0.1, 1e-5), 5120: (0.03, 1e-5)}
+
+
+def test_icarl_seq_cifar10_rows_are_mammoths_table():
+    rows = ICaRL.BEST_ARGS["seq-cifar10"]
+    assert {b: (r["lr"], r["optim_wd"]) for b, r in rows.items()} == MAMMOTH_ICARL_SEQ_CIFAR10
