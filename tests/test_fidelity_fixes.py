@@ -96,3 +96,45 @@ MAMMOTH_ICARL_SEQ_CIFAR10 = {200: (0.1, 1e-5), 500: (0.1, 1e-5), 5120: (0.03, 1e
 def test_icarl_seq_cifar10_rows_are_mammoths_table():
     rows = ICaRL.BEST_ARGS["seq-cifar10"]
     assert {b: (r["lr"], r["optim_wd"]) for b, r in rows.items()} == MAMMOTH_ICARL_SEQ_CIFAR10
+
+
+class Features(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.feature_dim = dim
+        self.linear = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+@pytest.mark.parametrize("n, batch_norm", [(9, False), (21, False), (21, True), (30, True)])
+def test_icarl_merge_trains_stream_and_exemplars_in_steps_of_batch_size(make_args, n, batch_norm):
+    """--icarl_merge 1 (Mammoth): an epoch over N stream samples and M exemplars takes ceil((N + M) / B)
+    steps of B samples (a last single sample joins the step before under batch norm), each sample once."""
+    from backbone.heads import FCHead, Network
+    from utils.training import epoch_batches
+    args = make_args("--dataset", "seq-digits", "--model", "icarl", "--buffer_size", "10", "--lr", "0.1",
+                     "--batch_size", "10")
+    assert args.icarl_merge == 1, "Mammoth's merge is the default"
+    setting_ = Setting(device=torch.device("cpu"), task_of_class=torch.tensor([0, 0, 1, 1]),
+                       augment=lambda x: x.float(), buffer_generator=torch.Generator().manual_seed(0))
+    model = ICaRL(Network(Features(3), FCHead(3, 4)), args, setting_)
+    exemplars = torch.rand(7, 3)
+    model.buffer.add_balanced(torch.full((4,), 5), examples=exemplars, labels=torch.tensor([0, 1] * 3 + [0]))
+    model.bn_layers = [nn.BatchNorm1d(1)] if batch_norm else []
+    model.prepare_task(1)
+    x, y = torch.rand(n, 3), torch.full((n,), 2)
+    model.begin_task(1, TaskData(1, x, y, torch.arange(n), torch.Generator(), lambda v: v, lambda v: v))
+    steps = []
+    model.sgd_step = lambda inputs, labels: steps.append(inputs)
+    for epoch in range(2):
+        steps.clear()
+        for batch in epoch_batches(torch.randperm(n), 10, 2 if batch_norm else 1):
+            model.observe(x[batch], y[batch], x[batch])
+        model.end_epoch()
+        total = n + 7
+        expect = total // 10 + (total % 10 > (1 if batch_norm else 0))
+        assert len(steps) == expect and all(len(s) >= (2 if batch_norm else 1) for s in steps)
+        seen = sorted(torch.cat(steps).tolist())
+        assert seen == sorted(torch.cat((x, exemplars)).tolist())
