@@ -138,3 +138,35 @@ def test_icarl_merge_trains_stream_and_exemplars_in_steps_of_batch_size(make_arg
         assert len(steps) == expect and all(len(s) >= (2 if batch_norm else 1) for s in steps)
         seen = sorted(torch.cat(steps).tolist())
         assert seen == sorted(torch.cat((x, exemplars)).tolist())
+
+
+# ----------------------------------------------------------------------------- FNO with the sigmoid methods
+
+@pytest.mark.parametrize("model, extra", [("icarl", ["--buffer_size", "50"]), ("lwf_mc", [])])
+def test_sigmoid_methods_refuse_a_head_with_non_negative_logits_without_an_offset(capsys, model, extra):
+    import main as main_module
+    argv = ["--dataset", "seq-digits", "--model", model, "--lr", "0.1", "--device", "cpu", "--results_file", "none",
+            "--debug_mode", "1", *extra]
+    assert main_module.main(argv + ["--classifier", "fno"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "every logit is >= 0" in err and "--bce_offset" in err
+    for ok in (["--classifier", "fno", "--bce_offset", "5"], ["--classifier", "fc"], ["--classifier", "etf"]):
+        assert main_module.main(argv + ok) == 0, ok
+
+
+def test_bce_offset_shifts_every_sigmoid_of_both_networks(make_args):
+    """The loss is BCE(logit - c) against one-hot labels (current task) and sigmoid(old logit - c) (earlier)."""
+    import torch.nn.functional as F
+    from utils.training import build_run
+    run = build_run(make_args("--dataset", "seq-digits", "--model", "lwf_mc", "--lr", "0.1", "--classifier", "fno",
+                              "--bce_offset", "3"))
+    model = run.model
+    with torch.no_grad():
+        model.old_net.head.scale.fill_(2.0)
+    model.prepare_task(1)
+    model.begin_task(1, None)
+    x, y = torch.rand(6, 1, 8, 8), torch.tensor([2, 3, 2, 3, 2, 3])
+    logits, old = model.net(x)[:, :4], model.old_net(x)[:, :4]
+    target = torch.cat((torch.sigmoid(old[:, :2] - 3), F.one_hot(y - 2, 2).float()), 1)
+    expect = F.binary_cross_entropy_with_logits(logits - 3, target)
+    assert torch.allclose(model.distillation_loss(x, y), expect)
