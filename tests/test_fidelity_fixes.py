@@ -170,3 +170,19 @@ def test_bce_offset_shifts_every_sigmoid_of_both_networks(make_args):
     target = torch.cat((torch.sigmoid(old[:, :2] - 3), F.one_hot(y - 2, 2).float()), 1)
     expect = F.binary_cross_entropy_with_logits(logits - 3, target)
     assert torch.allclose(model.distillation_loss(x, y), expect)
+
+
+@pytest.mark.parametrize("stream_batch, per_task", [("0", 200 // 5), ("1", 10)])
+def test_agem_memory_per_task_is_a_split_of_the_buffer_or_one_stream_batch(make_args, stream_batch, per_task):
+    """The paper: buffer_size // n_tasks samples of each task; --agem_stream_batch 1 (Mammoth master): one
+    random batch of --batch_size samples."""
+    from utils.training import build_run
+    run = build_run(make_args("--dataset", "seq-digits", "--model", "agem", "--buffer_size", "200", "--lr", "0.1",
+                              "--batch_size", "10", "--agem_stream_batch", stream_batch))
+    model = run.model
+    for task in range(2):
+        x, y = torch.rand(60, 1, 8, 8), torch.full((60,), 2 * task)
+        model.end_task(task, TaskData(task, x, y, torch.arange(60), torch.Generator(), lambda v: v, lambda v: v))
+        assert len(model.buffer) == per_task * (task + 1)
+        stored = model.buffer.fields["examples"][per_task * task:per_task * (task + 1)]
+        assert all(any(torch.equal(s, row) for row in x) for s in stored)
