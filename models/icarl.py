@@ -76,7 +76,8 @@ class ICaRL(SigmoidDistillation):
     There is no softmax, so ``--masked_softmax 1`` is refused.  Unlike
     Mammoth's current code the loss leaves out later tasks' classes (the
     paper's network has no outputs for them yet) and the class means do not
-    average in horizontally flipped exemplars (the paper's do not).
+    average in horizontally flipped exemplars (the paper's do not); ``--icarl_all_classes 1``
+    takes the loss over all classes as Mammoth's current code.
     """
 
     USES_BUFFER = True
@@ -85,6 +86,9 @@ class ICaRL(SigmoidDistillation):
         "icarl_merge": Flag(binary, 1, "icarl: 1 trains on the task's data merged with the exemplars in batches of "
                                        "--batch_size (Mammoth, the paper: more steps per epoch); 0 adds each "
                                        "exemplar to one stream batch per epoch", metavar="{0,1}"),
+        "icarl_all_classes": Flag(binary, 0, "icarl: 1 takes the BCE over all classes, later tasks' with target 0 "
+                                             "(Mammoth master); 0 over the classes seen so far (the paper)",
+                                  metavar="{0,1}"),
     }
     # --load_best_args: dataset -> buffer size -> flags.
     # seq-mnist, seq-cifar10, seq-tinyimg: Mammoth's table (utils/best_args.py, the DER paper's grid);
@@ -124,6 +128,10 @@ class ICaRL(SigmoidDistillation):
 
     def begin_task(self, task, data):
         super().begin_task(task, data)
+        if self.args.icarl_all_classes:  # Mammoth master: later tasks' classes too, with targets 0
+            task_of_class = self.setting.task_of_class
+            self.columns = torch.arange(len(task_of_class), device=self.device)
+            self.old_column = task_of_class < task
         self.n_exemplars = len(self.buffer)
         batches = -(-len(data) // self.args.batch_size)
         if self.bn_layers and batches > 1 and len(data) % self.args.batch_size == 1:

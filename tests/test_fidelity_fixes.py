@@ -186,3 +186,20 @@ def test_agem_memory_per_task_is_a_split_of_the_buffer_or_one_stream_batch(make_
         assert len(model.buffer) == per_task * (task + 1)
         stored = model.buffer.fields["examples"][per_task * task:per_task * (task + 1)]
         assert all(any(torch.equal(s, row) for row in x) for s in stored)
+
+
+@pytest.mark.parametrize("all_classes, columns", [("0", 4), ("1", 10)])
+def test_icarl_bce_takes_the_seen_classes_or_all_of_them(make_args, all_classes, columns):
+    """The paper: BCE over the classes seen so far; --icarl_all_classes 1 (Mammoth master): over all K, the
+    later tasks' classes with target 0."""
+    import torch.nn.functional as F
+    from utils.training import build_run
+    model = build_run(make_args("--dataset", "seq-digits", "--model", "icarl", "--buffer_size", "50", "--lr", "0.1",
+                                "--icarl_all_classes", all_classes)).model
+    model.prepare_task(1)
+    x, y = torch.rand(4, 1, 8, 8), torch.tensor([2, 3, 2, 3])
+    model.begin_task(1, TaskData(1, x, y, torch.arange(4), torch.Generator(), lambda v: v, lambda v: v))
+    logits, old = model.net(x)[:, :columns], torch.sigmoid(model.old_net(x)[:, :2])
+    target = torch.cat((old, F.one_hot(y, columns).float()[:, 2:]), 1)
+    expect = F.binary_cross_entropy_with_logits(logits, target)
+    assert torch.allclose(model.distillation_loss(x, y), expect)
