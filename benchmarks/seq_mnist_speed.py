@@ -65,6 +65,8 @@ def run_one(model: str, buffer_size: int, opts, data_path: str, tmp: str, groups
     base = [sys.executable, os.path.join(ROOT, "main.py"), "--dataset", "seq-mnist", "--model", model,
             "--buffer_size", str(buffer_size), "--load_best_args", "--classifier", opts.classifier,
             "--masked_softmax", str(opts.masked_softmax), "--data_path", data_path, "--device", opts.device]
+    if model in ("icarl", "lwf_mc"):  # sigmoid methods refuse a head with logits >= 0 (FNO) without an offset
+        base += ["--bce_offset", "5"]
     if not groups:
         commands, out = [base + ["--results_file", os.path.join(tmp, f"{model}.json")]], f"{model}.json"
     else:

@@ -3,6 +3,7 @@ import torch.nn.functional as F
 
 from models import register_model
 from models.continual_model import ContinualModel
+from utils.cli import Flag, binary
 
 
 def flat_grad(params: list) -> torch.Tensor:
@@ -29,12 +30,17 @@ class AGem(ContinualModel):
 
     The episodic memory gets ``buffer_size // n_tasks`` randomly chosen (non-augmented) training
     samples of each task at the task's end, as in the paper and Mammoth's original ``end_task``
-    (its current code stores a single stream batch instead).  The reference batch
+    (its current code stores a single stream batch instead: ``--agem_stream_batch 1``, which
+    stores ``--batch_size`` random samples of each task; reservoir insertion then replaces
+    entries only if they exceed the buffer).  The reference batch
     (``--minibatch_size``) is augmented and uses all classes; the stream loss is masked when
     ``--masked_softmax 1``.  The returned loss is the stream loss, as Mammoth's.
     """
 
     USES_BUFFER = True
+    FLAGS = {"agem_stream_batch": Flag(binary, 0, "agem: 1 stores one random batch (--batch_size samples) of each "
+                                                  "task, as Mammoth master; 0 buffer_size // n_tasks (the paper)",
+                                       metavar="{0,1}")}
     # --load_best_args: dataset -> buffer size -> flags.
     # seq-mnist, seq-cifar10, seq-tinyimg, perm-mnist, rot-mnist: Mammoth's utils/best_args.py (the DER
     #   paper, Buzzega et al., NeurIPS 2020, appendix); seq-cifar100: none published.
@@ -54,7 +60,7 @@ class AGem(ContinualModel):
     @classmethod
     def check_args(cls, args, n_tasks: int, domain_il: bool) -> None:
         super().check_args(args, n_tasks, domain_il)
-        if args.buffer_size // n_tasks == 0:
+        if not args.agem_stream_batch and args.buffer_size // n_tasks == 0:
             raise ValueError(f"--model agem stores buffer_size // {n_tasks} (the number of tasks) samples of each "
                              f"task: give --buffer_size >= {n_tasks} (got {args.buffer_size})")
 
@@ -62,14 +68,14 @@ class AGem(ContinualModel):
         super().__init__(net, args, setting)
         # The protocol's number of tasks (task_of_class cannot tell it: on a domain-incremental
         # benchmark every class belongs to task 0).
-        self.per_task = args.buffer_size // setting.n_tasks
+        self.per_task = args.batch_size if args.agem_stream_batch else args.buffer_size // setting.n_tasks
         self.params = [p for p in net.parameters() if p.requires_grad]
 
     def end_task(self, task, data):
         pick = torch.randperm(len(data), device=data.device, generator=self.setting.buffer_generator)
         pick = pick[:self.per_task]
-        # The buffer holds at most n_tasks * per_task <= buffer_size samples, so reservoir insertion
-        # never replaces one: it simply appends.
+        # With buffer_size // n_tasks per task reservoir insertion never replaces an entry: it appends
+        # (with --agem_stream_batch 1 it replaces only once n_tasks * batch_size exceeds the buffer).
         x, y = data.take(pick)
         self.buffer.add(examples=x, labels=y)
 

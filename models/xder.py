@@ -205,7 +205,13 @@ class XDER(ContinualModel):
       softmax over seen classes, between the earlier heads (detached) and the
       current one;
     * with ``--align_bn 1`` batch norm updates its running statistics only on
-      the first draw joined with minibatch_size // task stream samples.
+      the first draw joined with minibatch_size // task stream samples; with
+      ``--align_bn 0`` (the X-DER release) on the stream batch and both draws.
+      The strongly augmented views never update them (as the release; Mammoth
+      master lets them with ``--align_bn 0``).
+
+    At a task end the buffer is passed through the network in a random order
+    (``refresh_buffer_logits``), as Mammoth's draw of the whole buffer.
 
     Mammoth's optional distance-preserving term (``--dp_weight``, 0 by
     default) and the RPC variant (``xder_rpc``) are not implemented.  Tasks
@@ -285,8 +291,10 @@ class XDER(ContinualModel):
                 x1 = torch.cat((x1, inputs[:mb // t]))
             passes += [(x1, False), (self.setting.augment(fields["examples"][idx2]), align)]
         if prepare_future:
+            # the strongly augmented views never move the running statistics, with or without --align_bn
+            # (the X-DER release's bn_track_stats(self, False); Mammoth master ties it to --align_bn)
             scl_labels, views = self.consistency_views(labels, not_aug_inputs)
-            passes.append((views, align))
+            passes.append((views, True))
         outs = self.forward_passes(passes)
         outputs = outs[0]
         loss = masked_cross_entropy(outputs, labels, self.setting.task_of_class)  # the present head
@@ -391,18 +399,27 @@ class XDER(ContinualModel):
     def end_task(self, task, data):
         was_training = self.training
         self.train()
-        past, seen = task * self.cpt, (task + 1) * self.cpt
         if task > 0:
-            self.buffer.shrink(self.buffer.size // seen)
+            self.buffer.shrink(self.buffer.size // ((task + 1) * self.cpt))
         self.add_task_entries(task, data)
-        n = len(self.buffer)
-        fields = self.buffer.fields
-        earlier = self.setting.task_of_class[fields["labels"][:n]] < task
-        new = update_logits(fields["logits"][:n], self.logits_of(fields["examples"][:n]), fields["labels"][:n],
-                            past, self.num_classes, self.args.gamma)
-        fields["logits"][:n] = torch.where(earlier.unsqueeze(1), new, fields["logits"][:n])
+        self.refresh_buffer_logits(task)
         self.update_counter.zero_()
         self.train(was_training)
+
+    def refresh_buffer_logits(self, task) -> None:
+        """Every entry of an earlier task takes the current and future heads of the network's present logits
+        (``update_logits``).  The buffer goes through the network in a random order drawn from the buffer
+        generator, as Mammoth's draw of the whole buffer: in slot order a batch would hold one task's
+        classes, which matters to batch norm (train mode, statistics untouched)."""
+        n = len(self.buffer)
+        fields = self.buffer.fields
+        order = torch.randperm(n, device=self.device, generator=self.setting.buffer_generator)
+        present = torch.empty(n, self.num_classes, device=self.device)
+        present[order] = self.logits_of(fields["examples"][order])
+        earlier = self.setting.task_of_class[fields["labels"][:n]] < task
+        new = update_logits(fields["logits"][:n], present, fields["labels"][:n], task * self.cpt,
+                            self.num_classes, self.args.gamma)
+        fields["logits"][:n] = torch.where(earlier.unsqueeze(1), new, fields["logits"][:n])
 
     def add_task_entries(self, task, data) -> None:
         """Fill the free slots with the task's samples in equal shares per class, in a random order."""

@@ -22,7 +22,7 @@ def error_of(capsys, *flags):
 @pytest.mark.parametrize("flags,expected", [
     (["--dataset", "seq-nope", "--model", "er"], "invalid choice: 'seq-nope'"),
     (["--dataset", "seq-digits", "--model", "nope"], "invalid choice: 'nope'"),
-    (["--dataset", "seq-digits", "--model", "er", "--classifier", "cosine"], "invalid choice: 'cosine'"),
+    (["--dataset", "seq-digits", "--model", "er", "--classifier", "lucir"], "invalid choice: 'lucir'"),
     (["--dataset", "seq-digits", "--model", "er", "--lr", "0.1"], "--buffer_size > 0"),
     (["--dataset", "seq-digits", "--model", "er", "--lr", "0.1", "--buffer_size", "-3"], "non-negative"),
     (["--dataset", "seq-digits", "--model", "er", "--buffer_size", "10"], "needs --lr"),

@@ -28,6 +28,7 @@ def digits_args(model, head, device, seed=0, *extra):
     """Each method's seq-digits best arguments (every method has a row), masked where it applies."""
     masked = "0" if model in NO_SOFTMAX_MASK else "1"
     quick = ["--fitting_epochs", "1"] if model == "gdumb" else []
+    quick += ["--bce_offset", "5"] if model in ("icarl", "lwf_mc") else []  # FNO's logits are >= 0
     return parse_args(["--dataset", "seq-digits", "--model", model, "--classifier", head, "--masked_softmax", masked,
                        "--buffer_size", "200", "--load_best_args", "--device", device, "--seed", str(seed),
                        "--results_file", "none", *quick, *extra])

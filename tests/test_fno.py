@@ -65,8 +65,8 @@ def test_make_head_kinds():
     assert isinstance(make_head("fc", 8, 4, gen(0)), FCHead)
     assert make_head("fc", 8, 4, gen(0)).bias is not None
     assert isinstance(make_head("fno", 8, 4, gen(0)), FNOHead)
-    with pytest.raises(UserError, match="valid choices: etf, fc, fno, orth"):
-        make_head("cosine", 8, 4, gen(0))
+    with pytest.raises(UserError, match="valid choices: cosine, etf, fc, fno, orth, rpc"):
+        make_head("lucir", 8, 4, gen(0))
 
 
 def test_fno_logit_of_own_class_uses_only_its_block():

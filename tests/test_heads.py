@@ -16,8 +16,8 @@ def gen(seed):
 
 
 def test_registry_lists_every_head_and_says_which_are_fixed():
-    assert head_names() == ["etf", "fc", "fno", "orth"]
-    assert [get_head_class(n).FIXED for n in head_names()] == [True, False, True, True]
+    assert head_names() == ["cosine", "etf", "fc", "fno", "orth", "rpc"]
+    assert [get_head_class(n).FIXED for n in head_names()] == [False, True, False, True, True, True]
     for name in head_names():
         head = make_head(name, 16, 4, gen(0))
         assert head.class_weights().shape == (4, 16)

@@ -39,7 +39,7 @@ from utils.training import TaskData, build_run, run_experiment
 # Cheap settings: the methods' definitions, not their accuracy, are under test here.
 FLAGS = {
     "xder": ["--alpha", "0.2", "--beta", "1.0", "--lr", "0.03", "--simclr_batch_size", "8", "--simclr_num_aug", "2"],
-    "icarl": ["--lr", "0.1"],
+    "icarl": ["--lr", "0.1", "--bce_offset", "5"],  # FNO's logits are >= 0: refused without an offset
     "gdumb": ["--maxlr", "0.1", "--fitting_epochs", "16"],
 }
 MASKED = {"xder": ("0", "1"), "icarl": ("0",), "gdumb": ("0",)}
@@ -98,7 +98,7 @@ def image_roots(tmp_path_factory):
 IMAGE_FLAGS = {
     "xder": ["--alpha", "0.2", "--beta", "1.0", "--lr", "0.03", "--minibatch_size", "2", "--simclr_batch_size", "2",
              "--simclr_num_aug", "2"],
-    "icarl": ["--lr", "0.1"],
+    "icarl": ["--lr", "0.1", "--bce_offset", "5"],  # FNO's logits are >= 0: refused without an offset
     "gdumb": ["--lr", "0.1", "--fitting_epochs", "1"],
 }
 
