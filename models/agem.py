@@ -37,6 +37,7 @@ class AGem(ContinualModel):
     """
 
     USES_BUFFER = True
+    NEEDS_BOUNDARIES = True  # stores the task's samples at its end
     # --load_best_args: dataset -> buffer size -> flags.
     # seq-mnist, seq-cifar10, seq-tinyimg, perm-mnist, rot-mnist: Mammoth's utils/best_args.py (the DER
     #   paper, Buzzega et al., NeurIPS 2020, appendix); seq-cifar100: none published.

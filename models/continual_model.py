@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from utils.amp import autocast as amp_autocast
 from utils.buffer import ReservoirBuffer
-from utils.losses import masked_cross_entropy
+from utils.losses import kept_cross_entropy, masked_cross_entropy, present_classes
 
 
 @dataclass
@@ -75,6 +75,8 @@ class ContinualModel(nn.Module):
     FLAGS: dict = {}            # the method's own flags: name -> utils.cli.Flag (collected by the parser)
     # --load_best_args: dataset -> buffer size (0 for methods without a buffer) -> flags; name the source.
     BEST_ARGS: dict = {}
+    # The method needs task boundaries (begin_task / end_task, or the task number): --task_free 1 refuses it.
+    NEEDS_BOUNDARIES: bool = False
 
     def __init__(self, net: nn.Module, args, setting: Setting):
         super().__init__()
@@ -87,6 +89,9 @@ class ContinualModel(nn.Module):
         self.scheduler = None
         self.buffer = self.build_buffer() if self.USES_BUFFER else None
         self.bn_layers = batch_norm_layers(net)
+        if getattr(args, "masked_softmax", 0) == "seen":  # the classes of the stream so far (a buffer: checkpoints keep it)
+            self.register_buffer("stream_seen", torch.zeros(len(setting.task_of_class), dtype=torch.bool,
+                                                            device=setting.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -150,8 +155,16 @@ class ContinualModel(nn.Module):
         return amp_autocast(self.args.amp, self.device)
 
     def stream_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of the current stream batch, masked to each sample's task when enabled."""
-        if self.args.masked_softmax:
+        """Cross-entropy of the current stream batch under ``--masked_softmax``: 1 masks to each sample's
+        task, ``batch`` to the classes present in the batch, ``seen`` to the classes the stream has shown so
+        far (this batch's included); 0 keeps every class."""
+        mode = self.args.masked_softmax
+        if mode == "batch":
+            return kept_cross_entropy(logits, labels, present_classes(labels, logits.shape[1]))
+        if mode == "seen":
+            self.stream_seen.index_fill_(0, labels, True)
+            return kept_cross_entropy(logits, labels, self.stream_seen)
+        if mode:
             return masked_cross_entropy(logits, labels, self.setting.task_of_class)
         return F.cross_entropy(logits, labels)
 

@@ -15,6 +15,7 @@ class SigmoidDistillation(ContinualModel):
     eval mode (so its batch-norm statistics stay as they were) and in the state dict (checkpoints).  The
     optimizer is SGD with Mammoth's ``--optim_wd`` weight decay."""
 
+    NEEDS_BOUNDARIES = True  # the seen columns and the frozen previous network change at task boundaries
     FLAGS = {"optim_wd": Flag(non_negative(float), 0.0, "SGD weight decay (Mammoth's --optim_wd)")}
 
     def __init__(self, net, args, setting):
