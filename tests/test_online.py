@@ -263,3 +263,35 @@ def test_online_er_ace_commands_run_on_cifar_files(cifar_dir, tmp_path, extra):
     assert (results["task_il"] is None) == ("--task_free" in extra)
     assert (results["blurry_share"] is not None) == ("--blurry" in extra)
     assert (results["realised_noise_rate"] is not None) == ("--noise_rate" in extra)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def test_a_stream_run_interrupted_and_resumed_equals_the_uninterrupted_one(tmp_path, monkeypatch):
+    """Task-free (one optimizer across tasks, the seen-classes mask), blurry and noisy: every piece of state
+    either comes back from the checkpoint or is drawn again from the seed."""
+    from utils.progress import ProgressBar
+    flags = ["--dataset", "seq-digits", "--model", "er", "--buffer_size", "50", "--lr", "0.1", "--online", "1",
+             "--task_free", "1", "--masked_softmax", "seen", "--blurry", "10", "--noise_rate", "0.2",
+             "--max_steps_per_task", "6", "--eval_every", "3", "--device", "cpu", "--nowand", "1"]
+
+    def results(path):
+        out = json.loads(path.read_text())
+        for key in ("wall_time_s", "train_time_s", "start_time"):
+            out.pop(key)
+        for key in ("results_file", "checkpoint_dir", "resume"):
+            out["args"].pop(key)
+        return out
+    assert main.main(flags + ["--results_file", str(tmp_path / "ref.json")]) == 0
+    ckpt = ["--checkpoint_dir", str(tmp_path / "ckpt"), "--results_file", str(tmp_path / "r.json")]
+    update = ProgressBar.update
+
+    def interrupt(self, label, step, total, loss):
+        if label.startswith("Task 3/") and step == 2:
+            raise KeyboardInterrupt
+        update(self, label, step, total, loss)
+    monkeypatch.setattr(ProgressBar, "update", interrupt)
+    assert main.main(flags + ckpt) == 130
+    monkeypatch.setattr(ProgressBar, "update", update)
+    assert main.main(flags + ckpt + ["--resume"]) == 0
+    assert results(tmp_path / "r.json") == results(tmp_path / "ref.json")
