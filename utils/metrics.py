@@ -14,6 +14,7 @@ needs ``A[t-1][t]``, the accuracy on each task just before it is learnt, and
 | forgetting | ``1/(T-1) sum_{j<T-1} (max_{j<=l<T-1} A[l][j] - A[T-1][j])`` |
 | backward transfer (BWT) | ``1/(T-1) sum_{j<T-1} (A[T-1][j] - A[j][j])`` |
 | forward transfer (FWT) | ``1/(T-1) sum_{t=1}^{T-1} (A[t-1][t] - R[t])`` |
+| average anytime accuracy (AAUC) | ``1/N sum_i a_i`` over the N anytime evaluations a_i (``--eval_every``) |
 """
 from __future__ import annotations
 
