@@ -295,3 +295,14 @@ def test_a_stream_run_interrupted_and_resumed_equals_the_uninterrupted_one(tmp_p
     monkeypatch.setattr(ProgressBar, "update", update)
     assert main.main(flags + ckpt + ["--resume"]) == 0
     assert results(tmp_path / "r.json") == results(tmp_path / "ref.json")
+
+
+@pytest.mark.parametrize("model,extra", [("sgd", []), ("der", ["--buffer_size", "50", "--alpha", "0.3"]),
+                                         ("derpp", ["--buffer_size", "50", "--alpha", "0.3", "--beta", "0.5"])])
+def test_boundary_free_methods_run_task_free_blurry_and_noisy(make_args, model, extra):
+    args = make_args("--dataset", "seq-digits", "--model", model, "--lr", "0.1", *extra, "--online", "1",
+                     "--task_free", "1", "--masked_softmax", "batch", "--blurry", "20", "--noise_rate", "0.1",
+                     "--classifier", "fno", "--debug_mode", "1", "--results_file", "none")
+    results = run_experiment(args, log=lambda *a: None)
+    assert results["task_il"] is None and math.isfinite(results["class_il"])
+    assert results["realised_noise_rate"] == pytest.approx(0.1, abs=0.01) and len(results["blurry_share"]) == 5
