@@ -306,3 +306,11 @@ def test_boundary_free_methods_run_task_free_blurry_and_noisy(make_args, model, 
     results = run_experiment(args, log=lambda *a: None)
     assert results["task_il"] is None and math.isfinite(results["class_il"])
     assert results["realised_noise_rate"] == pytest.approx(0.1, abs=0.01) and len(results["blurry_share"]) == 5
+
+
+def test_asymmetric_pairs_follow_a_class_order(make_args, cifar_dir):
+    from utils.stream_protocol import noise_pairs
+    run = build_run(cifar_args(make_args, cifar_dir, "--class_order", "3"))
+    order = run.class_order                                      # label l is original class order[l]
+    pairs = noise_pairs(run.dataset, torch.tensor(order))
+    assert {(order[a], order[b]) for a, b in pairs.items()} == set(CIFAR10_ASYMMETRIC.items())
