@@ -89,7 +89,8 @@ class ContinualModel(nn.Module):
         self.scheduler = None
         self.buffer = self.build_buffer() if self.USES_BUFFER else None
         self.bn_layers = batch_norm_layers(net)
-        if getattr(args, "masked_softmax", 0) == "seen":  # the classes of the stream so far (a buffer: checkpoints keep it)
+        if getattr(args, "masked_softmax", 0) == "seen":
+            # the classes of the stream so far (a registered buffer, so checkpoints keep it)
             self.register_buffer("stream_seen", torch.zeros(len(setting.task_of_class), dtype=torch.bool,
                                                             device=setting.device))
 

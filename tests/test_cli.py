@@ -34,7 +34,8 @@ def error_of(capsys, *flags):
     (["--dataset", "seq-digits", "--model", "orthermr", "--buffer_size", "10", "--lr", "1", "--classifier", "fc"],
      "implies --classifier fno"),
     (["--dataset", "seq-digits", "--model", "sgd", "--lr", "-1"], "positive"),
-    (["--dataset", "seq-digits", "--model", "sgd", "--lr", "0.1", "--masked_softmax", "2"], "expected one of 0, 1, batch, seen"),
+    (["--dataset", "seq-digits", "--model", "sgd", "--lr", "0.1", "--masked_softmax", "2"],
+     "expected one of 0, 1, batch, seen"),
     (["--model", "sgd", "--lr", "0.1"], "--dataset is required"),
 ])
 def test_bad_input_is_a_one_line_error_with_exit_code_2(capsys, flags, expected):

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import main
 from datasets.utils.cifar_io import write_cifar
@@ -15,6 +14,8 @@ from datasets.utils.streams import CIFAR10_ASYMMETRIC, blurry_tasks, noisy_label
 from models import get_model_class, model_names
 from models.continual_model import ContinualModel
 from utils.metrics import average_anytime
+from utils.progress import ProgressBar
+from utils.stream_protocol import noise_pairs
 from utils.training import build_run, run_experiment, stages, train_stage
 
 PER_CLASS = 30  # tiny CIFAR-10: 30 training images per class, 60 per task
@@ -270,7 +271,6 @@ def test_online_er_ace_commands_run_on_cifar_files(cifar_dir, tmp_path, extra):
 def test_a_stream_run_interrupted_and_resumed_equals_the_uninterrupted_one(tmp_path, monkeypatch):
     """Task-free (one optimizer across tasks, the seen-classes mask), blurry and noisy: every piece of state
     either comes back from the checkpoint or is drawn again from the seed."""
-    from utils.progress import ProgressBar
     flags = ["--dataset", "seq-digits", "--model", "er", "--buffer_size", "50", "--lr", "0.1", "--online", "1",
              "--task_free", "1", "--masked_softmax", "seen", "--blurry", "10", "--noise_rate", "0.2",
              "--max_steps_per_task", "6", "--eval_every", "3", "--device", "cpu", "--nowand", "1"]
@@ -309,7 +309,6 @@ def test_boundary_free_methods_run_task_free_blurry_and_noisy(make_args, model, 
 
 
 def test_asymmetric_pairs_follow_a_class_order(make_args, cifar_dir):
-    from utils.stream_protocol import noise_pairs
     run = build_run(cifar_args(make_args, cifar_dir, "--class_order", "3"))
     order = run.class_order                                      # label l is original class order[l]
     pairs = noise_pairs(run.dataset, torch.tensor(order))

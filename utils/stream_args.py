@@ -36,7 +36,8 @@ def add_stream_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--fitting_mode", choices=("epochs", "iters"),
                    help="epochs (default): --n_epochs passes per task; iters: --n_iters optimizer steps per task "
                         "(passes repeated as needed), for comparisons at equal compute")
-    g.add_argument("--n_iters", type=positive(int), metavar="N", help="optimizer steps per task with --fitting_mode iters")
+    g.add_argument("--n_iters", type=positive(int), metavar="N",
+                   help="optimizer steps per task with --fitting_mode iters")
     g.add_argument("--blurry", type=bounded(float, 0, 99), metavar="M",
                    help="blurry-M (Rainbow Memory): M percent (0-99) of each task's training samples are moved to "
                         "the other tasks in equal parts, so each task's stream holds M%% other tasks' classes")
