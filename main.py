@@ -10,8 +10,10 @@ from utils.training import run_experiment
 
 
 def final_line(args, results: dict) -> str:
-    """The headline numbers (test split); Task-IL is undefined on a domain-incremental benchmark."""
-    task_il = "n/a (domain-IL)" if results["task_il"] is None else f"{results['task_il']:.2f}"
+    """The headline numbers (test split); Task-IL is undefined on a domain-incremental benchmark and in a
+    task-free run."""
+    why = "task-free" if getattr(args, "task_free", 0) else "domain-IL"
+    task_il = f"n/a ({why})" if results["task_il"] is None else f"{results['task_il']:.2f}"
     line = (f"Final ({args.model_name}, {args.classifier}, masked={args.masked_softmax}, {args.dataset}): "
             f"Class-IL {results['class_il']:.2f} | Task-IL {task_il}")
     if results["validation"]:

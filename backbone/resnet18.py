@@ -83,3 +83,13 @@ class NarrowResNet18(ResNet18):
 
     def __init__(self, input_shape, nf: int = 25):
         super().__init__(input_shape, nf=nf)
+
+
+@register_backbone("resnet18-reduced")
+class ReducedResNet18(ResNet18):
+    """The reduced ResNet-18 of the online continual-learning literature: 20 base filters, D = 160
+    (Lopez-Paz & Ranzato's GEM, used by ER-ACE and Mammoth's ``reduced-resnet18``).  A benchmark network of
+    the online setting (docs/online.md), unlike ``resnet18-narrow``."""
+
+    def __init__(self, input_shape, nf: int = 20):
+        super().__init__(input_shape, nf=nf)

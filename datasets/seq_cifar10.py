@@ -4,6 +4,7 @@ from __future__ import annotations
 from datasets import register_dataset
 from datasets.utils.cifar_io import load_cifar
 from datasets.utils.continual_dataset import ContinualDataset
+from datasets.utils.streams import CIFAR10_ASYMMETRIC
 from datasets.utils import normalisation
 from datasets.utils.transforms import DeviceTransform
 
@@ -26,6 +27,7 @@ class SequentialCIFAR10(ContinualDataset):
     BATCH_SIZE = 32
     TRANSFORM = DeviceTransform(255.0, *normalisation.CIFAR10,
                                 crop_padding=4, flip=True)
+    ASYMMETRIC_NOISE = CIFAR10_ASYMMETRIC  # Patrini et al.'s pairs (datasets/utils/streams.py)
 
     def read_splits(self):
         return load_cifar(self.data_path, self.CIFAR_VARIANT)

@@ -22,3 +22,4 @@ class SequentialCIFAR100(SequentialCIFAR10):
                                 crop_padding=4, flip=True)
     LR_MILESTONES = (35, 45)
     LR_GAMMA = 0.1
+    ASYMMETRIC_NOISE = None  # no class pairs defined here: --noise_type asym is refused

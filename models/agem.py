@@ -41,6 +41,7 @@ class AGem(ContinualModel):
     FLAGS = {"agem_stream_batch": Flag(binary, 0, "agem: 1 stores one random batch (--batch_size samples) of each "
                                                   "task, as Mammoth master; 0 buffer_size // n_tasks (the paper)",
                                        metavar="{0,1}")}
+    NEEDS_BOUNDARIES = True  # stores the task's samples at its end
     # --load_best_args: dataset -> buffer size -> flags.
     # seq-mnist, seq-cifar10, seq-tinyimg, perm-mnist, rot-mnist: Mammoth's utils/best_args.py (the DER
     #   paper, Buzzega et al., NeurIPS 2020, appendix); seq-cifar100: none published.

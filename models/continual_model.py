@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from backbone.heads import build_network
 from utils.amp import autocast as amp_autocast
 from utils.buffer import ReservoirBuffer
-from utils.losses import mask_other_tasks
+from utils.losses import kept_cross_entropy, mask_other_tasks, present_classes
 
 
 @dataclass
@@ -116,6 +116,8 @@ class ContinualModel(nn.Module):
         if cls.NEEDS_NEW_CLASSES and domain_il:
             raise ValueError(f"--model {cls.NAME} {cls.NEEDS_NEW_CLASSES}; {args.dataset} is domain-incremental: it "
                              f"repeats the same classes in every task; use a class-incremental benchmark")
+    # The method needs task boundaries (begin_task / end_task, or the task number): --task_free 1 refuses it.
+    NEEDS_BOUNDARIES: bool = False
 
     def __init__(self, net: nn.Module, args, setting: Setting):
         super().__init__()
@@ -128,6 +130,10 @@ class ContinualModel(nn.Module):
         self.scheduler = None
         self.buffer = self.build_buffer() if self.USES_BUFFER else None
         self.bn_layers = batch_norm_layers(net)
+        if getattr(args, "masked_softmax", 0) == "seen":
+            # the classes of the stream so far (a registered buffer, so checkpoints keep it)
+            self.register_buffer("stream_seen", torch.zeros(len(setting.task_of_class), dtype=torch.bool,
+                                                            device=setting.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -189,9 +195,17 @@ class ContinualModel(nn.Module):
     mse = staticmethod(F.mse_loss)
 
     def stream_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of the current stream batch, masked to each sample's task when enabled (the paper's
-        masked softmax, ``utils.losses.masked_cross_entropy``, through the ``cross_entropy`` hook)."""
-        if self.args.masked_softmax:
+        """Cross-entropy of the current stream batch under ``--masked_softmax``: 1 masks to each sample's
+        task (the paper's masked softmax, ``utils.losses.masked_cross_entropy``, through the ``cross_entropy``
+        hook), ``batch`` to the classes present in the batch, ``seen`` to the classes the stream has shown so
+        far (this batch's included); 0 keeps every class."""
+        mode = self.args.masked_softmax
+        if mode == "batch":
+            return kept_cross_entropy(logits, labels, present_classes(labels, logits.shape[1]))
+        if mode == "seen":
+            self.stream_seen.index_fill_(0, labels, True)
+            return kept_cross_entropy(logits, labels, self.stream_seen)
+        if mode:
             return self.cross_entropy(mask_other_tasks(logits, labels, self.setting.task_of_class), labels)
         return self.cross_entropy(logits, labels)
 

@@ -30,6 +30,10 @@ class ER(ContinualModel):
         "seq-tinyimg": {200: dict(lr=0.1, minibatch_size=32), 500: dict(lr=0.03, minibatch_size=32),
                         5120: dict(lr=0.1, minibatch_size=32)},
         "seq-digits": {b: dict(lr=0.1, minibatch_size=10) for b in (50, 200, 500)},
+        # online:<dataset> (--online 1): the ER-ACE authors' sweep of ER (pclucas14/AML,
+        # sweeps/hp_result_final.csv; see models/er_ace.py): lr 0.01 was best at every buffer size.
+        "online:seq-cifar10": {b: dict(lr=0.01, minibatch_size=10) for b in (200, 500, 1000)},
+        "online:seq-cifar100": {b: dict(lr=0.01, minibatch_size=10) for b in (2000, 5000, 10000)},
     }
 
     def replay_batch(self):

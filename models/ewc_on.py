@@ -31,6 +31,8 @@ class EwcOn(ContinualModel):
     keep them.
     """
 
+    NEEDS_BOUNDARIES = True  # the Fisher and the anchor are taken at every task's end
+
     FLAGS = {
         "e_lambda": Flag(non_negative(float), None, "weight of the EWC penalty", required=True),
         "gamma": Flag(bounded(float, 0, 1), None, "decay of the running Fisher, in [0, 1]", required=True),

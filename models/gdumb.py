@@ -57,6 +57,7 @@ class GDumb(ContinualModel):
     """
 
     USES_BUFFER = True
+    NEEDS_BOUNDARIES = True  # retrains from scratch at every task's end
     USES_LR = False  # the retraining runs from --maxlr to --minlr; no step is taken with --lr
     FLAGS = {
         "maxlr": Flag(positive(float), 0.05, "gdumb: peak learning rate of the retraining"),

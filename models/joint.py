@@ -12,6 +12,7 @@ class Joint(Sgd):
     """
 
     JOINT = True
+    NEEDS_BOUNDARIES = True  # one stage of every task: there is no stream to run without boundaries
     # --load_best_args: dataset -> buffer size (0: no buffer) -> flags.  Mammoth has no table of its own for
     # joint: its utils/main.py (aimagelab/mammoth, and the authors' khyong/FNO-classifier fno_contid/utils/main.py)
     # loads best_args[dataset]['sgd'] for --model joint, so joint uses SGD's table.

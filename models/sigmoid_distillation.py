@@ -31,6 +31,7 @@ class SigmoidDistillation(ContinualModel):
     (iCaRL 84.3 -> 92.7, LwF.MC 61.1 -> 69.6 Class-IL) and FC less (88.7 -> 91.6, 55.6 -> 60.6); the
     default 0 keeps Mammoth's loss for the heads that can reach the targets."""
 
+    NEEDS_BOUNDARIES = True  # the seen columns and the frozen previous network change at task boundaries
     FLAGS = {"optim_wd": Flag(non_negative(float), 0.0, "SGD weight decay (Mammoth's --optim_wd)"),
              "bce_offset": Flag(non_negative(float), 0.0, "icarl, lwf_mc: every sigmoid reads logit - OFFSET (both "
                                                           "networks); lets a head whose logits are >= 0 (FNO) reach "

@@ -219,6 +219,7 @@ class XDER(ContinualModel):
     """
 
     USES_BUFFER = True
+    NEEDS_BOUNDARIES = True  # updates future-task logits by the task number and at every task's end
     FLAGS = {
         "alpha": DERpp.FLAGS["alpha"],
         "beta": DERpp.FLAGS["beta"],

@@ -34,7 +34,8 @@ def error_of(capsys, *flags):
     (["--dataset", "seq-digits", "--model", "orthermr", "--buffer_size", "10", "--lr", "1", "--classifier", "fc"],
      "implies --classifier fno"),
     (["--dataset", "seq-digits", "--model", "sgd", "--lr", "-1"], "positive"),
-    (["--dataset", "seq-digits", "--model", "sgd", "--lr", "0.1", "--masked_softmax", "2"], "expected 0 or 1"),
+    (["--dataset", "seq-digits", "--model", "sgd", "--lr", "0.1", "--masked_softmax", "2"],
+     "expected one of 0, 1, batch, seen"),
     (["--model", "sgd", "--lr", "0.1"], "--dataset is required"),
 ])
 def test_bad_input_is_a_one_line_error_with_exit_code_2(capsys, flags, expected):
@@ -111,7 +112,7 @@ def test_help_shows_the_values_of_every_flag():
         assert action.metavar or action.choices, f"{action.option_strings[0]} shows no values in --help"
         assert action.metavar != action.dest.upper()
     usage = " ".join(parser.format_usage().split())
-    assert "--masked_softmax {0,1}" in usage and "--nowand {0,1}" in usage and "--alpha FLOAT" in usage
+    assert "--masked_softmax {0,1,batch,seen}" in usage and "--nowand {0,1}" in usage and "--alpha FLOAT" in usage
     assert not re.search(r"--(\w+) \1", usage.lower().replace("_", "")), usage  # argparse's default: the name
 
 

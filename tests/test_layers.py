@@ -20,7 +20,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROJECT = ("utils", "models", "backbone", "datasets", "longtail", "benchmarks", "main", "main_lt")
 GROUND = {"errors", "registry", "seeding", "cli", "flags", "io", "buffer", "losses", "metrics", "amp", "guards",
           "runlock", "progress", "provenance", "devices", "seeds", "wandb_logger", "collapse"}
-TRAINER = {"args", "best_args", "run_flags", "training", "callbacks", "cl_callbacks", "checkpoint", "entry"}
+TRAINER = {"args", "best_args", "run_flags", "stream_args", "training", "stream_protocol", "callbacks", "cl_callbacks",
+           "checkpoint", "entry"}
 LONGTAIL_SHARED = {"entry", "callbacks", "checkpoint", "run_flags"}
 # Imported inside functions on purpose: optional extras (plots, SLURM, wandb, sweep files), heavy readers that
 # only some runs need (every module of a registry is imported when it is looked up), and a POSIX-only module.

@@ -26,6 +26,8 @@ from utils.cli import OneLineParser, binary, bounded, non_negative_int, positive
 from utils.flags import NAME_FIELD, fill_name, results_name
 from utils.run_flags import RUN_DEFAULTS, add_run_flags, resolve_shared_flags
 from utils.seeds import parse_seeds, results_template
+from utils.stream_args import (ONLINE_PROTOCOL, STREAM_DEFAULTS, add_stream_flags, check_stream,
+                               masked_softmax_choice)
 
 # `python main.py` with no arguments: masked-FNO ER on the embedded digits benchmark.
 DEFAULT_ARGV = ["--dataset", "seq-digits", "--model", "er", "--classifier", "fno",
@@ -35,7 +37,7 @@ DEFAULTS = dict(RUN_DEFAULTS, **{
     "classifier": "fc", "masked_softmax": 0, "buffer_size": 0, "load_best_args": False, "amp": "none",
     "channels_last": 0, "compile": 0, "collapse_metrics": 0, "rebuild_cache": 0, "validation": 0, "class_order": 0,
     "eval_every": 0, "debug_mode": 0, "max_steps_per_task": None, "n_tasks": None, "seeds": None,
-    "deterministic": 0,
+    "deterministic": 0, **STREAM_DEFAULTS,
 })
 RESULTS_ROOT = "results"  # the default results folder, relative to the current directory
 NO_RESULTS = "none"       # --results_file none: write no results file
@@ -86,10 +88,12 @@ def build_parser() -> OneLineParser:
     g.add_argument("--classifier", choices=head_names(),
                    help="head (default fc): fc (learnable, with bias), fno (fixed non-negative orthogonal), etf "
                         "(fixed simplex ETF), orth (fixed signed orthogonal); note the demo (no arguments) runs fno")
-    g.add_argument("--masked_softmax", type=binary, metavar="{0,1}",
+    g.add_argument("--masked_softmax", type=masked_softmax_choice, metavar="{0,1,batch,seen}",
                    help="1: the authors' masked methods (stream logits masked to the sample's task; ER/DER++ with "
                         "separate stream and replay passes, DER++ storing post-step logits); 0 (default): Mammoth's "
-                        "ER (one forward pass over stream + replay) and DER++ (pre-step logits)")
+                        "ER (one forward pass over stream + replay) and DER++ (pre-step logits); without task "
+                        "boundaries (docs/online.md), as 1 but masked to the classes present in the stream batch "
+                        "(batch) or to the classes the stream has shown so far (seen)")
     g.add_argument("--buffer_size", type=non_negative_int, metavar="INT>=0",
                    help="replay buffer size (required by rehearsal methods)")
     g.add_argument("--load_best_args", type=switch, nargs="?", const=True, metavar="{0,1}",
@@ -145,6 +149,7 @@ def build_parser() -> OneLineParser:
                         "of a run (the CPU is deterministic either way)")
     s.add_argument("--num_threads", type=positive(int, high=os.cpu_count() or 1), metavar=f"1..{os.cpu_count() or 1}",
                    help="CPU threads for torch (default: the dataset's choice, else torch's)")
+    add_stream_flags(p)
     for owners, flags in owned_flags().items():
         group = p.add_argument_group(f"flags of {', '.join(owners)}")
         for name, flag in flags.items():
@@ -205,10 +210,12 @@ def resolve(ns: argparse.Namespace) -> argparse.Namespace:
     dataset_cls = get_dataset_class(explicit["dataset"])
     values.update(backbone=dataset_cls.BACKBONE, n_epochs=dataset_cls.N_EPOCHS,
                   batch_size=dataset_cls.BATCH_SIZE, num_threads=dataset_cls.CPU_THREADS)
+    if explicit.get("online"):
+        values.update(ONLINE_PROTOCOL)
     buffer_size = explicit.get("buffer_size", values["buffer_size"])
     if explicit.get("load_best_args"):
         try:
-            values.update(best_args(explicit["dataset"], model, buffer_size))
+            values.update(best_args(explicit["dataset"], model, buffer_size, bool(explicit.get("online"))))
         except KeyError as exc:
             raise ValueError(f"--load_best_args: {exc.args[0]}") from None
     values.update({k: v for k, v in explicit.items() if k != "model"})
@@ -240,6 +247,7 @@ def resolve(ns: argparse.Namespace) -> argparse.Namespace:
     resolve_shared_flags(values, explicit)
     check_protocol(values, dataset_cls, model_cls, explicit["model"])
     model_cls.check_args(argparse.Namespace(**values), dataset_cls.N_TASKS, dataset_cls.DOMAIN_IL)
+    check_stream(values, explicit, dataset_cls, model_cls, explicit["model"])
     if values["debug_mode"] and values["max_steps_per_task"] is None:
         values["max_steps_per_task"] = DEBUG_STEPS
     values["results_file"] = results_file(values, explicit)
@@ -295,7 +303,7 @@ def check_protocol(values: dict, dataset_cls, model_cls, model_name: str) -> Non
     if dataset_cls.DOMAIN_IL:
         domain = (f"{dataset} is domain-incremental (every task holds all {dataset_cls.N_CLASSES_PER_TASK} classes, "
                   f"the tasks differ in their inputs)")
-        if values["masked_softmax"]:
+        if values["masked_softmax"] == 1:
             implied = f" (implied by --model {model_name})" if model_name != values["model"] else ""
             raise ValueError(f"--masked_softmax 1{implied} masks the stream logits to the sample's task's classes, "
                              f"but {domain}: use --masked_softmax 0")

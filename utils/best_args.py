@@ -1,15 +1,19 @@
 """``--load_best_args``: each method's table of reference hyper-parameters, kept in the method's own file.
 
 ``Method.BEST_ARGS[dataset][buffer_size]`` holds the flags to use (buffer size 0 for
-methods without a buffer); each table names its source in a comment beside it.
+methods without a buffer); each table names its source in a comment beside it.  The online protocol
+(``--online 1``) has rows of its own, under ``online:<dataset>``.
 """
 from __future__ import annotations
 
 from models import get_model_class
 
+ONLINE = "online:"  # the table key of a dataset's online protocol: "online:seq-cifar10"
 
-def best_args(dataset: str, model: str, buffer_size) -> dict:
+
+def best_args(dataset: str, model: str, buffer_size, online: bool = False) -> dict:
     """The table's flags, or ``KeyError`` with a one-line message naming what the table holds."""
+    dataset = ONLINE + dataset if online else dataset
     cls = get_model_class(model)
     table = cls.BEST_ARGS
     if not cls.USES_BUFFER:

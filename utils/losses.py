@@ -19,3 +19,13 @@ def mask_other_tasks(logits: torch.Tensor, labels: torch.Tensor, task_of_class: 
 def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, task_of_class: torch.Tensor) -> torch.Tensor:
     """Cross-entropy over the classes of each sample's own task only (the paper's masked softmax)."""
     return F.cross_entropy(mask_other_tasks(logits, labels, task_of_class), labels)
+
+
+def present_classes(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """A boolean row over the classes: those with a sample in ``labels`` (on the device, no sync)."""
+    return torch.zeros(num_classes, dtype=torch.bool, device=labels.device).index_fill_(0, labels, True)
+
+
+def kept_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the classes ``keep`` (a boolean row) holds; every label's class must be kept."""
+    return F.cross_entropy(logits.masked_fill(~keep, float("-inf")), labels)

@@ -14,6 +14,7 @@ needs ``A[t-1][t]``, the accuracy on each task just before it is learnt, and
 | forgetting | ``1/(T-1) sum_{j<T-1} (max_{j<=l<T-1} A[l][j] - A[T-1][j])`` |
 | backward transfer (BWT) | ``1/(T-1) sum_{j<T-1} (A[T-1][j] - A[j][j])`` |
 | forward transfer (FWT) | ``1/(T-1) sum_{t=1}^{T-1} (A[t-1][t] - R[t])`` |
+| average anytime accuracy (AAUC) | ``1/N sum_i a_i`` over the N anytime evaluations a_i (``--eval_every``) |
 """
 from __future__ import annotations
 
@@ -95,3 +96,15 @@ def forward_transfer(next_task: Sequence[Optional[float]], random_init: Sequence
 def pad_rows(rows: List[List[float]], n_tasks: int) -> List[List[Optional[float]]]:
     """Rows of seen-task accuracies -> rows of length ``n_tasks`` padded with ``None``."""
     return [list(r) + [None] * (n_tasks - len(r)) for r in rows]
+
+
+def average_anytime(anytime: Sequence[dict], key: str = "class_il") -> Optional[float]:
+    """Average anytime accuracy (AAUC; Caccia et al., 2022; Koh et al., 2022): the mean of ``key`` over
+    every anytime evaluation of the run (``--eval_every K``: every K optimizer steps of every task, each
+    the mean accuracy over the tasks seen so far, the current one included).  With evaluations K steps
+    apart this is the area under the accuracy-versus-steps curve divided by its length (a right Riemann
+    sum).  ``None`` without evaluations, or when ``key`` is undefined (Task-IL of a task-free run)."""
+    values = [entry[key] for entry in anytime]
+    if not values or any(v is None for v in values):
+        return None
+    return sum(values) / len(values)

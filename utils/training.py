@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
 import torch
@@ -22,11 +22,12 @@ from utils.cl_callbacks import standard_callbacks
 from utils.errors import UserError
 from utils.guards import check_finite_loss
 from utils.losses import mask_other_tasks
-from utils.metrics import (average_incremental, backward_transfer, final_average, forgetting, forward_transfer,
-                           pad_rows)
+from utils.metrics import (average_anytime, average_incremental, backward_transfer, final_average, forgetting,
+                           forward_transfer, pad_rows)
 from utils.progress import ProgressBar
 from utils.provenance import provenance, start_time
 from utils.seeding import make_generator, seed_everything
+from utils.stream_protocol import stage_passes, stage_steps as fitting_steps, stream_splits, task_il_defined
 from utils.wandb_logger import WandbLogger
 
 EVAL_BATCH = 1024  # at most this many test images per forward pass (small inputs: MNIST, digits)
@@ -56,6 +57,7 @@ class Run:
     min_batch: int = 1         # smallest training batch the network accepts (2 with batch norm)
     validation: Optional[Split] = None  # --validation: held out of ``train``
     class_order: Optional[list] = None  # --class_order: label l is original class class_order[l]
+    stream: dict = field(default_factory=dict)  # realised noise rate and blurry shares (utils.stream_protocol)
 
 
 def prepare_splits(args, dataset: ContinualDataset, device: torch.device) -> tuple:
@@ -96,6 +98,7 @@ def build_run(args, dataset: ContinualDataset | None = None) -> Run:
     # Normalisation constants on the device once: a per-batch host-to-device copy would synchronise.
     transform = dataset.TRANSFORM.to(device)
     train, validation, test, perm = prepare_splits(args, dataset, device)
+    train, stream = stream_splits(args, dataset, train, perm)  # --noise_rate, --blurry (no-ops by default)
     if getattr(args, "buffer_size", 0):
         # inputs as stored, an int64 label and float32 logits over every class (the most a method stores)
         entry = train.x[0].numel() * train.x.element_size() + 8 + 4 * dataset.num_classes
@@ -117,7 +120,7 @@ def build_run(args, dataset: ContinualDataset | None = None) -> Run:
     return Run(args, dataset, model, train, test, task_of_class,
                make_generator(args.seed, "data-order", device), augment_generator, transform,
                min_batch=2 if model.bn_layers else 1, validation=validation,
-               class_order=None if perm is None else perm.tolist())
+               class_order=None if perm is None else perm.tolist(), stream=stream)
 
 
 @torch.no_grad()
@@ -127,13 +130,14 @@ def evaluate(run: Run, n_seen_tasks: int, split: Optional[Split] = None, first_t
 
     Class-IL takes the argmax over all classes of the benchmark (the authors'
     protocol); Task-IL takes it over the sample's own task's classes only, and is
-    ``None`` on a domain-incremental benchmark, where every task holds every class.
+    ``None`` on a domain-incremental benchmark, where every task holds every class,
+    and in a task-free run (``task_il_defined``).
     """
     model, split, dataset = run.model, run.test if split is None else split, run.dataset
     was_training = model.training
     model.eval()
     n_tasks = n_seen_tasks - first_task
-    task_il = not dataset.DOMAIN_IL
+    task_il = task_il_defined(run.args, dataset)
     chosen = torch.nonzero((split.task >= first_task) & (split.task < n_seen_tasks)).flatten()  # no other task's
     hits_cil = torch.zeros(n_tasks, device=split.y.device)
     hits_til = torch.zeros(n_tasks, device=split.y.device)
@@ -230,30 +234,34 @@ def steps_per_epoch(run: Run, data: TaskData) -> int:
 
 def start_stage(run: Run, data: TaskData) -> None:
     """Before a stage's first step: training mode, a fresh optimizer and scheduler (the method builds
-    both), ``begin_task``."""
+    both), ``begin_task``.  ``--task_free 1``: no ``begin_task``, and one optimizer for the whole stream
+    (built before the first task, or restored by ``--resume``), so nothing tells the method where a task ends."""
+    boundaries = not run.args.task_free
     run.model.train()
-    run.model.prepare_task(data.task)
-    run.model.begin_task(data.task, data)
+    if boundaries or run.model.opt is None:
+        run.model.prepare_task(data.task if boundaries else 0)
+    if boundaries:
+        run.model.begin_task(data.task, data)
 
 
 def stage_steps(run: Run, data: TaskData) -> int:
-    """The optimizer steps a stage takes: its epochs' batches, at most ``--max_steps_per_task``."""
-    total = steps_per_epoch(run, data) * run.args.n_epochs
-    if run.args.max_steps_per_task is not None:
-        total = min(total, run.args.max_steps_per_task)
-    return total
+    """The optimizer steps a stage takes: ``--n_epochs`` passes over its batches or ``--n_iters`` steps
+    (``--fitting_mode``), at most ``--max_steps_per_task``."""
+    return fitting_steps(run.args, steps_per_epoch(run, data))
 
 
 def end_stage(run: Run, data: TaskData, last_loss: float, first_step: int, total: int, who: str = "") -> None:
     """After a stage's last step: a check that the loss is still finite (``who`` names the run in the
-    message, e.g. a stacked seed), then ``end_task``."""
+    message, e.g. a stacked seed), then ``end_task`` (none with ``--task_free 1``)."""
     check_finite_loss(last_loss, f"{who}task {data.task + 1} (steps {first_step + 1}-{first_step + total})",
                       run.args.lr)
-    run.model.end_task(data.task, data)
+    if not run.args.task_free:
+        run.model.end_task(data.task, data)
 
 
 def train_stage(run: Run, data: TaskData, callbacks=(), first_step: int = 0) -> tuple:
-    """``start_stage``, the epochs of ``observe`` (``stage_steps`` steps), ``end_stage``.
+    """``start_stage``, passes of ``observe`` over the task's data in a new random order each (``stage_steps``
+    steps), ``end_stage``.
 
     Returns the last batch's loss (a float) and the number of optimizer steps taken."""
     args, model, train, task = run.args, run.model, run.train, data.task
@@ -262,7 +270,7 @@ def train_stage(run: Run, data: TaskData, callbacks=(), first_step: int = 0) -> 
     graphs = args.compile in CUDA_GRAPH_MODES
     loss = torch.zeros(())
     step = 0
-    for epoch in range(args.n_epochs):
+    while step < total:  # one pass per round; the scheduler counts passes as epochs
         order = data.indices[torch.randperm(len(data), device=data.device, generator=run.data_generator)]
         for batch in epoch_batches(order, args.batch_size, run.min_batch)[:total - step]:
             if graphs:  # a new step: outputs of the previous step's graph replays may be overwritten
@@ -273,8 +281,6 @@ def train_stage(run: Run, data: TaskData, callbacks=(), first_step: int = 0) -> 
             for callback in callbacks:
                 callback.on_step(run, task, step, total, loss)
         model.end_epoch()
-        if step == total:
-            break
     last = float(loss)
     end_stage(run, data, last, first_step, total)
     return last, total
@@ -319,7 +325,7 @@ def task_line(run: Run, task: int, history: dict, last_loss: float) -> str:
     """The log line of a finished task: mean accuracies on the seen tasks, the loss, Class-IL per task."""
     cil, til = history["rows_cil"][-1], history["rows_til"][-1]
     text = f"Task {task + 1}/{run.dataset.N_TASKS}  Class-IL {mean(cil):6.2f}  "
-    text += "" if run.dataset.DOMAIN_IL else f"Task-IL {mean(til):6.2f}  "
+    text += f"Task-IL {mean(til):6.2f}  " if task_il_defined(run.args, run.dataset) else ""
     if run.validation is not None:
         text += f"validation Class-IL {mean(history['val_rows_cil'][-1]):6.2f}  "
     return text + f"loss {last_loss:.4f}  per task (Class-IL): {' '.join(f'{a:.1f}' for a in cil)}"
@@ -378,7 +384,8 @@ def run_experiment(args, progress: ProgressBar | None = None, log=print, callbac
             if stage < history["stages_done"]:
                 continue
             tic = time.perf_counter()
-            bar.start(steps_per_epoch(run, data), args.n_epochs)
+            per_pass = steps_per_epoch(run, data)
+            bar.start(per_pass, stage_passes(args, per_pass))
             last_loss, steps = train_stage(run, data, hooks, history["n_steps"])
             history["train_time_s"] += time.perf_counter() - tic
             history["n_steps"] += steps
@@ -408,22 +415,22 @@ def accuracy_fields(rows_cil: list, rows_til: Optional[list], n_tasks: int) -> d
 TEST_FIELDS = ["class_il", "task_il", "acc_matrix_class_il", "acc_matrix_task_il", "forgetting_class_il",
                "forgetting_task_il", "bwt_class_il", "bwt_task_il", "fwt_class_il", "fwt_task_il",
                "avg_incremental_class_il", "avg_incremental_task_il", "random_init_class_il", "random_init_task_il",
-               "acc_next_task_class_il", "acc_next_task_task_il", "anytime"]
+               "acc_next_task_class_il", "acc_next_task_task_il", "anytime", "aauc_class_il", "aauc_task_il"]
 
 
 def make_results(run: Run, history: dict, wall_time_s: float, origin: Optional[dict] = None) -> dict:
-    args, n_tasks, domain = run.args, run.dataset.N_TASKS, run.dataset.DOMAIN_IL
-    test = accuracy_fields(history["rows_cil"], None if domain else history["rows_til"], n_tasks)
+    args, n_tasks, no_task_il = run.args, run.dataset.N_TASKS, not task_il_defined(run.args, run.dataset)
+    test = accuracy_fields(history["rows_cil"], None if no_task_il else history["rows_til"], n_tasks)
     m_cil, m_til = test["acc_matrix_class_il"], test["acc_matrix_task_il"]
     full = len(history["rows_cil"]) == n_tasks
     device = torch.device(args.device)
     random_cil, random_til = history["random_init_cil"], history["random_init_til"]
     validation = None
     if run.validation is not None:
-        validation = accuracy_fields(history["val_rows_cil"], None if domain else history["val_rows_til"], n_tasks)
+        validation = accuracy_fields(history["val_rows_cil"], None if no_task_il else history["val_rows_til"], n_tasks)
     return {
         "args": vars(args),
-        "setting": "domain-il" if domain else "class-il",
+        "setting": "no_task_il-il" if run.dataset.DOMAIN_IL else "class-il",
         **test,
         "forgetting_class_il": forgetting(m_cil) if full else None,
         "forgetting_task_il": forgetting(m_til) if full and m_til else None,
@@ -432,12 +439,15 @@ def make_results(run: Run, history: dict, wall_time_s: float, origin: Optional[d
         "fwt_class_il": forward_transfer(history["next_cil"], random_cil) if random_cil else None,
         "fwt_task_il": forward_transfer(history["next_til"], random_til) if random_til else None,
         "avg_incremental_class_il": average_incremental(history["rows_cil"]),
-        "avg_incremental_task_il": None if domain else average_incremental(history["rows_til"]),
+        "avg_incremental_task_il": None if no_task_il else average_incremental(history["rows_til"]),
         "random_init_class_il": random_cil,
         "random_init_task_il": random_til,
         "acc_next_task_class_il": history["next_cil"],
-        "acc_next_task_task_il": None if domain else history["next_til"],
+        "acc_next_task_task_il": None if no_task_il else history["next_til"],
         "anytime": history["anytime"] if args.eval_every else None,
+        "aauc_class_il": average_anytime(history["anytime"]) if args.eval_every else None,
+        "aauc_task_il": average_anytime(history["anytime"], "task_il") if args.eval_every else None,
+        **run.stream,  # realised_noise_rate, blurry_share (null when off)
         "validation": validation,
         "splits": {"headline": "test", "on_test": TEST_FIELDS, "on_validation": ["validation"] if validation else [],
                    "samples": {"train": len(run.train.y), "validation": 0 if run.validation is None else

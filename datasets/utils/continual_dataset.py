@@ -59,6 +59,7 @@ class ContinualDataset:
     LR_MILESTONES: Tuple[int, ...] = ()  # per-task schedule: epochs after which the lr is multiplied by LR_GAMMA
     LR_GAMMA: float = 0.1
     DOMAIN_IL: bool = False  # tasks are domains over one set of classes: no masking, Task-IL undefined
+    ASYMMETRIC_NOISE: Optional[dict] = None  # --noise_type asym: class -> the class it is mislabelled as
 
     def __init__(self, data_path: str, rebuild_cache: bool = False):
         self.data_path = data_path
