@@ -62,7 +62,11 @@ class Run:
 def build_network(args, dataset: ContinualDataset) -> Network:
     """Backbone first, then the head: the backbone's initialisation does not depend on the head,
     and the FNO partition comes from its own generator, so FC and FNO runs share every shared layer."""
-    backbone = get_backbone_class(args.backbone)(dataset.INPUT_SHAPE)
+    backbone_cls = get_backbone_class(args.backbone)
+    if hasattr(backbone_cls, "FLAGS"):  # a backbone with its own flags (--pretrained) reads them, as heads do
+        backbone = backbone_cls(dataset.INPUT_SHAPE, args=args)
+    else:
+        backbone = backbone_cls(dataset.INPUT_SHAPE)
     head = make_head(args.classifier, backbone.feature_dim, dataset.num_classes,
                      make_generator(args.seed, "fno-partition"), args)
     if hasattr(backbone, "init_head"):  # a backbone whose reference code also initialises the classifier
@@ -224,12 +228,12 @@ def train_stage(run: Run, data: TaskData, callbacks=(), first_step: int = 0) -> 
     model.train()
     model.prepare_task(task)
     model.begin_task(task, data)
-    total = steps_per_epoch(run, data) * args.n_epochs
+    total = steps_per_epoch(run, data) * args.n_epochs if model.trains_on(task) else 0
     if args.max_steps_per_task is not None:
         total = min(total, args.max_steps_per_task)
     loss = torch.zeros(())
     step = 0
-    for epoch in range(args.n_epochs):
+    for epoch in range(args.n_epochs if total else 0):  # a method that fits at end_task takes no step
         order = data.indices[torch.randperm(len(data), device=data.y.device, generator=run.data_generator)]
         for batch in epoch_batches(order, args.batch_size, run.min_batch)[:total - step]:
             raw, labels = train.x[batch], train.y[batch]
