@@ -34,8 +34,6 @@ class TorchvisionResNet(nn.Module):
         from torchvision.models import resnet
         pretrained = getattr(args, "pretrained", None) or NONE
         net = getattr(resnet, self.ARCH)(weights="DEFAULT" if pretrained == HUB else None)
-        if pretrained not in (HUB, NONE):
-            load_strict(net, pretrained, dropped_prefixes=("fc.",))
         if input_shape[0] != 3:
             if pretrained != NONE:
                 raise UserError(f"--pretrained {pretrained}: {self.ARCH}'s weights take RGB images, the "
@@ -43,6 +41,8 @@ class TorchvisionResNet(nn.Module):
             net.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.feature_dim = net.fc.in_features
         net.fc = nn.Identity()
+        if pretrained not in (HUB, NONE):  # the file's classifier is dropped: the run brings its own head
+            load_strict(net, pretrained, dropped_prefixes=("fc.",))
         self.net = net
 
     @classmethod

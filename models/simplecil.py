@@ -23,7 +23,8 @@ from models.frozen_features import FrozenFeatureModel
 @register_model("simplecil")
 class SimpleCIL(FrozenFeatureModel):
     # --load_best_args: nothing to tune (no training); the benchmarks' defaults (ViT-B/16 in21k) are the paper's.
-    BEST_ARGS = {name: {0: {}} for name in ("seq-cifar100-224", "seq-imagenet-r", "seq-cub200")}
+    # seq-digits: this project's smoke row (every method has one), a frozen random MLP.
+    BEST_ARGS = {name: {0: {}} for name in ("seq-cifar100-224", "seq-imagenet-r", "seq-cub200", "seq-digits")}
 
     def __init__(self, net, args, setting):
         super().__init__(net, args, setting)

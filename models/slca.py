@@ -48,6 +48,7 @@ class SLCA(ContinualModel):
         "seq-cifar100-224": {0: dict(lr=0.01, n_epochs=20, batch_size=128, masked_softmax=1)},
         "seq-imagenet-r": {0: dict(lr=0.01, n_epochs=50, batch_size=128, masked_softmax=1)},
         "seq-cub200": {0: dict(lr=0.01, n_epochs=50, batch_size=128, masked_softmax=1)},
+        "seq-digits": {0: dict(lr=0.1, backbone_lr_scale=1.0)},  # this project's smoke row: SGD's lr, one rate
     }
 
     def __init__(self, net, args, setting):
