@@ -9,9 +9,10 @@ sets the classifier to ``W = (G + lambda I)^-1 C``; logits are ``z W``.  The
 ridge ``lambda`` is chosen after each task, as the authors' code
 (``optimise_ridge_parameter``): among 10^-8 .. 10^13, the one whose ridge
 fitted on a random 80% of the task's samples has the smallest mean squared
-error on the other 20%.  Only the first session trains (phase 1 of the paper:
-parameter-efficient adaptation on task 1); this implementation starts from the
-frozen pretrained network (the paper's "no first-session adaptation" variant).
+error on the other 20%.  Phase 1 of the paper, a parameter-efficient module
+trained on the first task only, is ``--first_session_adapt 1`` (an SSF module,
+one of the paper's choices; ``models/frozen_features.py``); without it this is
+the paper's "RanPAC without PETL" variant.
 
 How ``--classifier`` enters: it does not; the ridge classifier replaces the
 head, so only ``--classifier fc`` (the default, unused) is accepted.
@@ -54,9 +55,11 @@ def choose_ridge(z: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -
 class RanPAC(FrozenFeatureModel):
     FLAGS = {**FrozenFeatureModel.FLAGS,
              "rp_dim": Flag(positive(int), 10000, "M: the random projection's output dimension (the paper: 10000)")}
-    # --load_best_args: McDonnell et al. 2023 (Sec. 4: M = 10,000 on every benchmark).  seq-digits: this
-    # project's smoke row (every method has one; a frozen random MLP of 100 features), M = 1000.
-    BEST_ARGS = {**{name: {0: dict(rp_dim=10000)} for name in ("seq-cifar100-224", "seq-imagenet-r", "seq-cub200")},
+    # --load_best_args: McDonnell et al. 2023 (Sec. 4: M = 10,000 on every benchmark, a first-session PETL phase;
+    # SSF here, adapted at lr 0.01 for 20 epochs as their stage-1 defaults).  seq-digits: this project's smoke
+    # row (every method has one; a frozen random MLP of 100 features, no adaptation), M = 1000.
+    BEST_ARGS = {**{name: {0: dict(rp_dim=10000, first_session_adapt=1, adapt_lr=0.01, n_epochs=20)}
+                    for name in ("seq-cifar100-224", "seq-imagenet-r", "seq-cub200")},
                  "seq-digits": {0: dict(rp_dim=1000)}}
 
     @staticmethod

@@ -10,6 +10,11 @@ prototypes, its bias unused), and the head's fixed class scores ``W h`` with a
 fixed head (``fno``, ``etf``, ``orth``): with FNO each coordinate of ``W h`` is
 the (scaled) sum of one class's block of dimensions, so the prototypes live in
 FNO's partition of the features.
+
+``--first_session_adapt 1`` is APER's adaptation (an SSF module trained on the
+first task, then frozen; ``models/frozen_features.py``), with prototypes of the
+adapted features only: APER also concatenates the pretrained network's
+features, which is not done here.
 """
 from __future__ import annotations
 

@@ -159,3 +159,24 @@ def test_every_method_runs_on_every_benchmark(data_root, dataset, model, flags, 
                       "--n_tasks", "2", "--data_path", data_root, "--device", "cpu", "--results_file", str(out),
                       "--nowand", "1", *flags]) == 0
     assert out.exists()
+
+
+def test_first_session_adaptation_trains_ssf_on_task_1_only_then_freezes(make_args, data_root):
+    run = micro_run(make_args, data_root, "simplecil", "--first_session_adapt", "1", "--adapt_lr", "0.1",
+                    "--batch_size", "8", "--max_steps_per_task", "3")
+    model = run.model
+    x = run.transform.test(run.test.x[:4])
+    plain = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    before = model.features(x)
+    unadapted = micro_run(make_args, data_root, "simplecil")            # the same seed: the same backbone
+    torch.testing.assert_close(before, unadapted.model.features(x))      # SSF starts as the identity
+    first, second = stages(run)[:2]
+    assert model.trains_on(0) and not model.trains_on(1)
+    train_stage(run, first)
+    after = model.features(x)
+    assert not torch.allclose(after, before)                           # adapted (and the cache was emptied)
+    assert all(torch.equal(plain[k], v) for k, v in model.backbone.state_dict().items())  # backbone untouched
+    ssf = [p.clone() for p in model.ssf.parameters()]
+    train_stage(run, second)
+    assert all(torch.equal(a, b) for a, b in zip(ssf, model.ssf.parameters()))            # frozen after task 1
+    torch.testing.assert_close(model.features(x), after)
