@@ -180,3 +180,24 @@ def test_first_session_adaptation_trains_ssf_on_task_1_only_then_freezes(make_ar
     train_stage(run, second)
     assert all(torch.equal(a, b) for a, b in zip(ssf, model.ssf.parameters()))            # frozen after task 1
     torch.testing.assert_close(model.features(x), after)
+
+
+def test_slca_alignment_trains_the_head_alone_on_normalised_logits(make_args, data_root):
+    run = micro_run(make_args, data_root, "slca", "--lr", "0.01", "--max_steps_per_task", "1", "--batch_size", "8",
+                    "--ca_epochs", "1", "--ca_samples", "16")
+    model = run.model
+    first, second = stages(run)[:2]
+    train_stage(run, first)
+    # after the first task: statistics stored, no alignment (the authors align from the second task on)
+    model.prepare_task(1)
+    backbone = {k: v.clone() for k, v in model.network.backbone.state_dict().items()}
+    head = [p.clone() for p in model.network.head.parameters()]
+    model.store_statistics(second)
+    model.align_classifier()
+    assert all(torch.equal(v, model.network.backbone.state_dict()[k]) for k, v in backbone.items())
+    assert not all(torch.equal(a, b) for a, b in zip(head, model.network.head.parameters()))
+    # the normalised logits: seen classes only, divided by the mean per-task norm and the temperature
+    logits = torch.randn(3, 100)
+    tasks_norm = torch.stack([logits[:, :10].norm(dim=1), logits[:, 10:20].norm(dim=1)], 1) + 1e-7
+    expected = logits[:, :20] / tasks_norm.mean(1, keepdim=True) / 0.1
+    torch.testing.assert_close(model.aligned_logits(logits), expected)
