@@ -4,7 +4,8 @@ closed form at the end of each task (SimpleCIL, RanPAC): no stream steps, featur
 The backbone is frozen from the start, unless ``--first_session_adapt 1``
 (APER, and phase 1 of RanPAC): then an SSF module (``backbone/ssf.py``) and the
 head are trained on the first task's stream with cross-entropy (SGD at
-``--adapt_lr``, momentum 0.9, for ``--n_epochs``), and frozen from its end on;
+``--adapt_lr``, momentum 0.9, weight decay 5e-4, cosine-annealed to 0 over
+``--n_epochs``, as RanPAC's code), and frozen from its end on;
 the cache is emptied then.  ``end_task`` sees the task's training
 images without augmentation (``data.prepare``, the test transform, as PILOT's
 prototype loaders) and calls ``fit(task, features, labels)``; ``forward``
@@ -23,6 +24,7 @@ from models.continual_model import ContinualModel
 from utils.cli import Flag, binary, positive
 
 UNSEEN = -1e9  # the logit of a class not seen yet: below any score
+ADAPT_WEIGHT_DECAY = 5e-4  # first-session adaptation, as RanPAC's code (args/*_publish.csv)
 
 
 class FrozenFeatureModel(ContinualModel):
@@ -64,10 +66,10 @@ class FrozenFeatureModel(ContinualModel):
         if not self.trains_on(self.current_task):
             return None  # nothing is trained by gradient steps
         params = list(self.ssf.parameters()) + [p for p in self.head.parameters() if p.requires_grad]
-        return torch.optim.SGD(params, lr=self.args.adapt_lr, momentum=0.9)
+        return torch.optim.SGD(params, lr=self.args.adapt_lr, momentum=0.9, weight_decay=ADAPT_WEIGHT_DECAY)
 
     def build_scheduler(self, opt):
-        return None
+        return None if opt is None else torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.args.n_epochs)
 
     def observe(self, inputs, labels, not_aug_inputs):
         self.opt.zero_grad(set_to_none=True)
