@@ -1,5 +1,7 @@
 """SimpleCIL, RanPAC and SLCA against their definitions, the frozen-feature cache, and every method end to end
 on each 224-pixel benchmark (a micro ViT, --debug_mode 1, folders in the published layouts)."""
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -148,7 +150,8 @@ def test_the_cache_changes_no_result_and_saves_forward_passes(make_args, data_ro
 
 @pytest.mark.parametrize("dataset", ["seq-imagenet-r", "seq-cub200", "seq-cifar100-224"])
 @pytest.mark.parametrize("model, flags", [
-    ("simplecil", ["--classifier", "fno", "--feature_activation", "relu", "--projection_dim", "200"]),
+    ("simplecil", ["--classifier", "fno", "--feature_activation", "relu", "--projection_dim", "200",
+                   "--class_order", "7"]),
     ("ranpac", ["--rp_dim", "200"]),
     ("slca", ["--classifier", "fno", "--feature_activation", "relu", "--projection_dim", "200", "--lr", "0.01",
               "--batch_size", "4", "--ca_samples", "8"]),
@@ -158,7 +161,9 @@ def test_every_method_runs_on_every_benchmark(data_root, dataset, model, flags, 
     assert main.main(["--dataset", dataset, "--model", model, "--backbone", "vit-micro", "--debug_mode", "1",
                       "--n_tasks", "2", "--data_path", data_root, "--device", "cpu", "--results_file", str(out),
                       "--nowand", "1", *flags]) == 0
-    assert out.exists()
+    results = json.loads(out.read_text())
+    assert len(results["acc_matrix_class_il"]) == 2 and results["partial"]          # --n_tasks 2
+    assert (results["class_order"] is not None) == ("--class_order" in flags)
 
 
 def test_first_session_adaptation_trains_ssf_on_task_1_only_then_freezes(make_args, data_root):
