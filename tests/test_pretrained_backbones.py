@@ -127,3 +127,27 @@ def test_torchvision_resnets_take_torchvision_files(tmp_path, make_args):
     net = get_backbone_class("resnet18-imagenet")((3, 32, 32), args=args)
     expected = {k: v for k, v in torch.load(path).items() if not k.startswith("fc.")}
     assert all(torch.equal(net.net.state_dict()[k], v) for k, v in expected.items()) and net.feature_dim == 512
+
+
+def test_hub_weights_from_a_filled_cache_load_offline(tmp_path, monkeypatch, make_args):
+    """The whole hub path without a network: timm's own download finds the weights in the Hugging Face cache."""
+    import os
+
+    import huggingface_hub.constants as hf
+    import timm
+    from timm.models import get_pretrained_cfg
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hf, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(weights, "reachable", lambda host, *a, **k: pytest.fail("no network check expected"))
+    repo = tmp_path / ("models--" + get_pretrained_cfg("vit_tiny_patch16_224").hf_hub_id.replace("/", "--"))
+    os.makedirs(repo / "snapshots" / "rev0")
+    os.makedirs(repo / "refs")
+    (repo / "refs" / "main").write_text("rev0")
+    torch.manual_seed(5)
+    published = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    save_file(published.state_dict(), str(repo / "snapshots" / "rev0" / "model.safetensors"))
+    assert vit.hub_cached("vit_tiny_patch16_224")
+    args = make_args("--dataset", "seq-imagenet-r", "--model", "simplecil", "--backbone", "vit_tiny_patch16_224",
+                     "--pretrained", "hub")
+    net = get_backbone_class("vit_tiny_patch16_224")((3, 224, 224), args=args)
+    assert torch.equal(net.net.cls_token, published.cls_token) and net.feature_dim == 192
