@@ -206,3 +206,11 @@ def test_slca_alignment_trains_the_head_alone_on_normalised_logits(make_args, da
     tasks_norm = torch.stack([logits[:, :10].norm(dim=1), logits[:, 10:20].norm(dim=1)], 1) + 1e-7
     expected = logits[:, :20] / tasks_norm.mean(1, keepdim=True) / 0.1
     torch.testing.assert_close(model.aligned_logits(logits), expected)
+
+
+def test_vit_throughput_script_runs(capsys):
+    from benchmarks import vit_throughput
+    vit_throughput.main(["--device", "cpu", "--backbone", "vit-micro", "--batch_size", "2", "--steps", "1",
+                         "--warmup", "0"])
+    line = capsys.readouterr().out
+    assert "training" in line and "feature extraction" in line and "images/s" in line
