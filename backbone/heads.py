@@ -178,7 +178,11 @@ class Network(nn.Module):
 def build_network(args, input_shape: tuple, num_classes: int) -> Network:
     """Backbone first, then the head: the backbone's initialisation does not depend on the head,
     and the FNO partition comes from its own generator, so FC and FNO runs share every shared layer."""
-    backbone = get_backbone_class(args.backbone)(input_shape)
+    backbone_cls = get_backbone_class(args.backbone)
+    if hasattr(backbone_cls, "FLAGS"):
+        backbone = backbone_cls(input_shape, args=args)  # a backbone with its own flags (--pretrained) reads them
+    else:
+        backbone = backbone_cls(input_shape)
     head = make_head(args.classifier, backbone.feature_dim, num_classes, make_generator(args.seed, "fno-partition"),
                      args)
     if hasattr(backbone, "init_head"):  # a backbone whose reference code also initialises the classifier

@@ -209,6 +209,11 @@ class ContinualModel(nn.Module):
             return self.cross_entropy(mask_other_tasks(logits, labels, self.setting.task_of_class), labels)
         return self.cross_entropy(logits, labels)
 
+    def trains_on(self, task: int) -> bool:
+        """Whether the trainer runs ``observe`` on ``task``'s stream (methods that fit in closed form at
+        ``end_task``, on frozen features, say no and take no step)."""
+        return True
+
     def begin_task(self, task: int, data) -> None:
         """Called before the task's first step, after ``prepare_task``; ``data`` is the task's training split."""
 

@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 
-from backbone import backbone_names
+from backbone import backbone_names, get_backbone_class
 from backbone.heads import get_head_class, head_names
 from datasets import dataset_names, get_dataset_class
 from models import get_model_class, model_aliases, model_names
@@ -163,6 +163,7 @@ def flag_owners() -> dict:
     """flag name -> (its Flag, the names of the methods and heads declaring it), over every registered class."""
     owners: dict = {}
     classes = [(n, get_model_class(n)) for n in model_names()] + [(n, get_head_class(n)) for n in head_names()]
+    classes += [(n, get_backbone_class(n)) for n in backbone_names() if hasattr(get_backbone_class(n), "FLAGS")]
     for owner, cls in classes:
         for name, flag in cls.FLAGS.items():
             owners.setdefault(name, (flag, []))[1].append(owner)
@@ -229,14 +230,15 @@ def resolve(ns: argparse.Namespace) -> argparse.Namespace:
     if model_cls.USES_BUFFER and values["buffer_size"] <= 0:
         raise ValueError(f"--model {explicit['model']} replays from a buffer: give --buffer_size > 0 "
                          f"(got {values['buffer_size']})")
-    own = {**model_cls.FLAGS, **get_head_class(values["classifier"]).FLAGS}
+    backbone_cls = get_backbone_class(values["backbone"])
+    own = {**model_cls.FLAGS, **get_head_class(values["classifier"]).FLAGS, **getattr(backbone_cls, "FLAGS", {})}
     for name, (_, owners) in flag_owners().items():
         if name in own:
             if values.get(name) is None:
                 values[name] = own[name].default  # the chosen method's own default (methods may differ)
         elif name in explicit:
             raise ValueError(f"--{name} is a flag of {', '.join(owners)}, not of --model {model} "
-                             f"--classifier {values['classifier']}")
+                             f"--classifier {values['classifier']} --backbone {values['backbone']}")
         else:
             values[name] = None
     missing = ["lr"] * (values.get("lr") is None and model_cls.USES_LR) + [n for n, f in model_cls.FLAGS.items()
@@ -248,6 +250,8 @@ def resolve(ns: argparse.Namespace) -> argparse.Namespace:
     check_protocol(values, dataset_cls, model_cls, explicit["model"])
     model_cls.check_args(argparse.Namespace(**values), dataset_cls.N_TASKS, dataset_cls.DOMAIN_IL)
     check_stream(values, explicit, dataset_cls, model_cls, explicit["model"])
+    if hasattr(backbone_cls, "preflight"):  # pretrained weights: found, or refused before any data is read
+        backbone_cls.preflight(values)
     if values["debug_mode"] and values["max_steps_per_task"] is None:
         values["max_steps_per_task"] = DEBUG_STEPS
     values["results_file"] = results_file(values, explicit)

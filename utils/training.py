@@ -246,8 +246,9 @@ def start_stage(run: Run, data: TaskData) -> None:
 
 def stage_steps(run: Run, data: TaskData) -> int:
     """The optimizer steps a stage takes: ``--n_epochs`` passes over its batches or ``--n_iters`` steps
-    (``--fitting_mode``), at most ``--max_steps_per_task``."""
-    return fitting_steps(run.args, steps_per_epoch(run, data))
+    (``--fitting_mode``), at most ``--max_steps_per_task``; none for a stage the method fits in closed form
+    at its end (``trains_on``)."""
+    return fitting_steps(run.args, steps_per_epoch(run, data)) if run.model.trains_on(data.task) else 0
 
 
 def end_stage(run: Run, data: TaskData, last_loss: float, first_step: int, total: int, who: str = "") -> None:

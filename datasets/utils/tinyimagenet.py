@@ -169,8 +169,10 @@ def decode_split(files: List[Tuple[str, int]]) -> Tuple[np.ndarray, np.ndarray]:
 ARRAYS = ("train_x", "train_y", "test_x", "test_y")
 
 
-def read_cache(path: str, fingerprint: str, sources: Sources) -> Tuple[Optional[dict], str]:
-    """The cached arrays if the cache is intact and matches ``sources``; else ``None`` and why not."""
+def read_cache(path: str, fingerprint: str, sources: Sources,
+               image_shape: Tuple[int, ...] = IMAGE_SHAPE) -> Tuple[Optional[dict], str]:
+    """The cached arrays if the cache is intact, matches ``sources`` and holds images of ``image_shape``;
+    else ``None`` and why not (also the cache of the 224-pixel benchmarks, ``datasets/utils/image_folders.py``)."""
     if not os.path.isfile(path):
         return None, "no cache yet"
     try:
@@ -182,7 +184,7 @@ def read_cache(path: str, fingerprint: str, sources: Sources) -> Tuple[Optional[
         return None, f"the cache is unreadable ({type(exc).__name__})"
     for split, files in (("train", sources.train), ("test", sources.test)):
         x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
-        if (x.dtype != np.uint8 or x.shape != (len(files),) + IMAGE_SHAPE or y.dtype != np.int64
+        if (x.dtype != np.uint8 or x.shape != (len(files),) + tuple(image_shape) or y.dtype != np.int64
                 or y.shape != (len(files),)):
             return None, f"the cached {split} arrays have the wrong shape"
     return arrays, ""
