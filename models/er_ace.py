@@ -1,5 +1,4 @@
 import torch
-import torch.nn.functional as F
 
 from models import register_model
 from models.continual_model import ContinualModel
@@ -75,10 +74,11 @@ class ErACE(ContinualModel):
     def observe(self, inputs, labels, not_aug_inputs):
         self.opt.zero_grad(set_to_none=True)
         # stream_loss adds the task mask when --masked_softmax 1 (the label's own logit is never masked)
-        loss = self.backward(lambda: self.stream_loss(self.asymmetric_logits(self.net(inputs), labels), labels))
+        terms = [(inputs, lambda out: self.stream_loss(self.asymmetric_logits(out, labels), labels))]
         if not self.buffer.is_empty() and (self.current_task > 0 or self.args.task_free):
             buf_x, buf_y = self.buffer.sample(self.args.minibatch_size, "examples", "labels")
-            loss = loss + self.backward(lambda: F.cross_entropy(self.net(self.setting.augment(buf_x)), buf_y))
+            terms.append((self.setting.augment(buf_x), lambda out: self.cross_entropy(out, buf_y)))
+        loss = self.backward_terms(terms)  # one backward pass (one forward too without batch norm)
         self.opt.step()
         self.buffer.add(examples=not_aug_inputs, labels=labels)
         return loss
