@@ -29,6 +29,7 @@ ADAPT_WEIGHT_DECAY = 5e-4  # first-session adaptation, as RanPAC's code (args/*_
 
 class FrozenFeatureModel(ContinualModel):
     USES_LR = False
+    NEEDS_BOUNDARIES = True  # fits its classifier (prototypes, ridge statistics) at each task's end
     FEATURE_BATCH = 128  # images per forward pass when a task's features are computed
     FLAGS = {"feature_cache": Flag(binary, 1, "1: compute each image's frozen feature once and keep it on the "
                                               "device; 0: recompute it at every use (same results)",

@@ -50,7 +50,8 @@ class SimpleCIL(FrozenFeatureModel):
         self.prototypes[new] = sums[new] / counts[new]
         if not self.head_space:  # as the paper, the FC layer holds the prototypes (diagnostics read it)
             self.head.weight.data.copy_(self.prototypes)
-            self.head.bias.data.zero_()
+            if getattr(self.head, "bias", None) is not None:  # FC; a cosine head has none
+                self.head.bias.data.zero_()
 
     def scores(self, feats):
         return F.normalize(self.embed(feats), dim=1) @ F.normalize(self.prototypes, dim=1).T

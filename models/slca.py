@@ -37,6 +37,7 @@ COVARIANCE_JITTER = 1e-4  # added to every covariance's diagonal, so that a clas
 
 @register_model("slca")
 class SLCA(ContinualModel):
+    NEEDS_BOUNDARIES = True  # aligns the classifier with each task's class statistics at its end
     FEATURE_BATCH = 128
     FLAGS = {
         "backbone_lr_scale": Flag(positive(float), 0.01, "the backbone's lr is --lr times this (the slow learner)"),

@@ -147,8 +147,9 @@ def method_flags(method, dataset, data_path=None):
 
 @pytest.mark.parametrize("head", ["cosine", "rpc"])
 def test_every_method_runs_with_the_head_on_digits_and_mnist_files(make_args, mnist_dir, head):
-    assert len(model_names()) == 12
-    for method, dataset in itertools.product(model_names(), ("seq-digits", "seq-mnist")):
+    methods = [m for m in model_names() if m != "ranpac"]  # RanPAC's ridge classifier replaces the head
+    assert len(methods) >= 12
+    for method, dataset in itertools.product(methods, ("seq-digits", "seq-mnist")):
         args = make_args(*method_flags(method, dataset, mnist_dir if dataset == "seq-mnist" else None),
                          "--classifier", head)
         res = run_experiment(args, log=lambda *a: None)

@@ -431,7 +431,7 @@ def make_results(run: Run, history: dict, wall_time_s: float, origin: Optional[d
         validation = accuracy_fields(history["val_rows_cil"], None if no_task_il else history["val_rows_til"], n_tasks)
     return {
         "args": vars(args),
-        "setting": "no_task_il-il" if run.dataset.DOMAIN_IL else "class-il",
+        "setting": "domain-il" if run.dataset.DOMAIN_IL else "class-il",
         **test,
         "forgetting_class_il": forgetting(m_cil) if full else None,
         "forgetting_task_il": forgetting(m_til) if full and m_til else None,
