@@ -90,3 +90,30 @@ def test_augmenting_every_seed_at_once_equals_each_seeds_own_augmentation(paddin
     apart = torch.stack([transform.train(x[:, s], apart_gens[s]) for s in range(3)], 1)
     assert together.is_contiguous() and torch.equal(together, apart)
     assert all(torch.equal(a.get_state(), b.get_state()) for a, b in zip(together_gens, apart_gens))
+
+
+def test_plain_sgd_and_its_schedule_are_torchs_numbers_without_its_bookkeeping():
+    """The default optimizer (one add_ per parameter) updates exactly as torch.optim.SGD, and its step schedule
+    gives MultiStepLR's learning rates epoch by epoch (seq-cifar100's milestones), with no warning."""
+    import warnings
+
+    from models.continual_model import MultiStepSchedule, PlainSGD
+    ours = [torch.nn.Parameter(torch.randn(5, 3, generator=torch.Generator().manual_seed(0)))]
+    theirs = [torch.nn.Parameter(ours[0].detach().clone())]
+    opt, ref = PlainSGD(ours, lr=0.1), torch.optim.SGD(theirs, lr=0.1)
+    schedule = MultiStepSchedule(opt, (35, 45), 0.1)
+    ref_schedule = torch.optim.lr_scheduler.MultiStepLR(ref, milestones=[35, 45], gamma=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for epoch in range(50):
+            grad = torch.randn(5, 3, generator=torch.Generator().manual_seed(epoch))
+            opt.zero_grad()
+            ours[0].grad = grad.clone()
+            opt.step()
+            theirs[0].grad = grad.clone()
+            ref.step()
+            schedule.step()
+            ref_schedule.step()
+            assert opt.param_groups[0]["lr"] == ref.param_groups[0]["lr"]
+            assert torch.equal(ours[0], theirs[0])
+    assert opt.param_groups[0]["lr"] == ref.param_groups[0]["lr"] != 0.1

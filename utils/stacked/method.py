@@ -19,34 +19,13 @@ from typing import Callable
 
 import torch
 
-from models.continual_model import backward_terms
+from models.continual_model import PlainSGD, backward_terms
 from utils.stacked.buffer import StackedBuffer, gather_rows
 from utils.stacked.layers import SeedStack, unstack_network
 from utils.stacked.losses import seed_cross_entropy, seed_mse
 
 # The method's functions that its ``observe`` may call, run on the stack (those the method's class has).
 METHOD_CODE = ("observe", "stream_loss", "replay_batch", "replay_label_weight")
-
-
-class StackedSGD:
-    """The method's plain SGD step (``check_stackable`` refuses any other optimizer) on the stacked
-    parameters: ``p -= lr * grad`` with the optimizer's own kernel, without ``torch.optim``'s per-step
-    bookkeeping, which a stacked MLP step notices (about 0.1 ms of 3).  The learning rate is read from
-    ``holder``, the ``torch.optim.SGD`` the method's scheduler steps."""
-
-    def __init__(self, params: list, holder: torch.optim.Optimizer):
-        self.params, self.holder = params, holder
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.params:
-            p.grad = None
-
-    @torch.no_grad()
-    def step(self) -> None:
-        lr = self.holder.param_groups[0]["lr"]
-        for p in self.params:
-            if p.grad is not None:
-                p.add_(p.grad, alpha=-lr)
 
 
 class Stack:
@@ -63,9 +42,8 @@ class Stack:
         self.net = SeedStack([run.model.net for run in runs]).train()
         if self.args.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        holder = torch.optim.SGD(self.net.parameters(), lr=self.args.lr)  # holds the lr the scheduler sets
-        self.scheduler = model.build_scheduler(holder)
-        self.opt = StackedSGD([p for p in self.net.parameters() if p.requires_grad], holder)
+        self.opt = PlainSGD(self.net.parameters(), lr=self.args.lr)  # the method's plain SGD, stacked
+        self.scheduler = model.build_scheduler(self.opt)
         self.batch_norm = bool(model.bn_layers)
         self.buffer = None if model.buffer is None else StackedBuffer([run.model.buffer for run in runs])
         self.autocast = model.autocast
