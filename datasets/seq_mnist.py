@@ -48,6 +48,11 @@ class SequentialMNIST(ContinualDataset):
     BATCH_SIZE = 10
     CPU_THREADS = 1  # an MLP at batch 10 is too small for intra-op threads to pay off (measured: ~1.6x faster)
 
+    CANONICAL_SAMPLES = (60000, 10000)
+
+    def source_paths(self) -> list:
+        return [self.raw_dir()]
+
     def raw_dir(self) -> str:
         return os.path.join(self.data_path, "MNIST", "raw")
 

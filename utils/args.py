@@ -36,7 +36,7 @@ DEFAULT_ARGV = ["--dataset", "seq-digits", "--model", "er", "--classifier", "fno
 DEFAULTS = dict(RUN_DEFAULTS, **{
     "classifier": "fc", "masked_softmax": 0, "buffer_size": 0, "load_best_args": False, "amp": "none",
     "channels_last": 0, "compile": 0, "collapse_metrics": 0, "rebuild_cache": 0, "validation": 0, "class_order": 0,
-    "eval_every": 0, "debug_mode": 0, "max_steps_per_task": None, "n_tasks": None, "seeds": None,
+    "eval_every": 0, "debug_mode": 0, "synthetic": 0, "max_steps_per_task": None, "n_tasks": None, "seeds": None,
     "deterministic": 0, **STREAM_DEFAULTS,
 })
 RESULTS_ROOT = "results"  # the default results folder, relative to the current directory
@@ -120,6 +120,9 @@ def build_parser() -> OneLineParser:
     v.add_argument("--debug_mode", type=binary, metavar="{0,1}",
                    help=f"1: a smoke test, {DEBUG_STEPS} steps per task (unless --max_steps_per_task) and "
                         "evaluation on the first 100 samples of each task; the results say \"partial\": true")
+    v.add_argument("--synthetic", type=binary, metavar="{0,1}",
+                   help="1: a smoke test on generated data of the benchmark's shapes and classes (a few images per "
+                        "class), no files read; the results say \"source\": \"synthetic\" and \"partial\": true")
     v.add_argument("--max_steps_per_task", type=positive(int), metavar="N",
                    help="stop each task after N optimizer steps (a partial run)")
     v.add_argument("--n_tasks", type=positive(int), metavar="N",
