@@ -40,13 +40,13 @@ def test_undersized_mnist_files_are_named_hashed_and_warned_about(tmp_path, caps
     # computed once: the next run takes the hash from the cache beside the data (a planted value proves it)
     cache = json.loads((tmp_path / "data" / "MNIST" / "raw" / HASH_CACHE).read_text())
     (tmp_path / "data" / "MNIST" / "raw" / HASH_CACHE).write_text(json.dumps({**cache, "sha256": "planted"}))
-    run_main(capsys, *flags)
+    run_main(capsys, *flags, "--overwrite", "1")
     assert json.loads(out.read_text())["data"]["sha256"] == "planted"
     # a changed file changes the key: the hash is computed again
     with open(os.path.join(raw, "t10k-labels-idx1-ubyte"), "ab") as f:
         f.write(b"")
     os.utime(os.path.join(raw, "t10k-labels-idx1-ubyte"), ns=(1, 1))
-    run_main(capsys, *flags)
+    run_main(capsys, *flags, "--overwrite", "1")
     assert json.loads(out.read_text())["data"]["sha256"] == digest.hexdigest()
 
 

@@ -68,6 +68,19 @@ def created_folders(runs: list) -> list:
     return folders
 
 
+def already_finished(prog: str, finished: list, n_runs: int) -> int:
+    """A command whose results files exist: never overwritten silently.  All there: the run is finished,
+    said in one line, exit 0; some of a --seeds process's: one line naming them, exit 2."""
+    more = f" (and {len(finished) - 1} more)" if len(finished) > 1 else ""
+    if len(finished) == n_runs:
+        print(f"results exist: {os.path.abspath(finished[0])}{more}: this configuration is finished, not run "
+              f"again (--overwrite 1 runs it again and replaces them)", flush=True)
+        return 0
+    print(f"{prog}: error: {len(finished)} of the {n_runs} seeds' results exist ({os.path.abspath(finished[0])}"
+          f"{more}): give --seeds with the others only, or --overwrite 1", file=sys.stderr)
+    return 2
+
+
 def run_entry(prog: str, args, experiment: Callable[[object], Optional[object]],
               headline: Callable[[object, dict], str], writes: bool = True) -> int:
     """Run ``experiment(args)`` as a command: the exit code (0, 2: bad input, 130: interrupted).
@@ -76,8 +89,11 @@ def run_entry(prog: str, args, experiment: Callable[[object], Optional[object]],
     that does not write them; ``headline(args, results)`` is the one line printed for a run at the end.
     The folders a failed run created for its outputs are removed again if left empty.
     """
-    previous = signal.signal(signal.SIGTERM, raise_interrupt)
     runs = output_runs(args) if writes else []
+    finished = [one.results_file for one in runs if one.results_file and os.path.exists(one.results_file)]
+    if finished and not getattr(args, "overwrite", 0):
+        return already_finished(prog, finished, len(runs))
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
     created = created_folders(runs)
     try:
         for one in runs:

@@ -1,0 +1,74 @@
+"""Small items: results files are never overwritten silently; the corrupt-IDX and MNIST download messages say
+plainly what is wrong and what to do; the LICENSE and CITATION.cff files; main_lt.py --help's metavars."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import main as main_module
+from datasets.seq_mnist import MNIST_MIRRORS
+from datasets.utils.idx import read_idx
+from utils.errors import DataError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_a_finished_run_is_not_run_again_unless_overwrite(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    flags = ["--dataset", "seq-digits", "--model", "sgd", "--lr", "0.1", "--debug_mode", "1", "--device", "cpu",
+             "--results_file", str(out)]
+    assert main_module.main(flags) == 0
+    out.write_text(json.dumps({"kept": True}))
+    capsys.readouterr()
+    assert main_module.main(flags) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed == (f"results exist: {out}: this configuration is finished, not run again (--overwrite 1 runs "
+                       f"it again and replaces them)")
+    assert json.loads(out.read_text()) == {"kept": True}
+    assert main_module.main(flags + ["--overwrite", "1"]) == 0
+    assert "class_il" in json.loads(out.read_text())
+
+
+def test_seeds_with_some_results_written_name_them(tmp_path, capsys):
+    template = str(tmp_path / "r-{seed}.json")
+    (tmp_path / "r-2.json").write_text("{}")
+    flags = ["--dataset", "seq-digits", "--model", "sgd", "--lr", "0.1", "--debug_mode", "1", "--device", "cpu",
+             "--seeds", "1-3", "--results_file", template]
+    assert main_module.main(flags) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"main.py: error: 1 of the 3 seeds' results exist ({tmp_path / 'r-2.json'}): give --seeds with "
+                   f"the others only, or --overwrite 1")
+
+
+def test_a_short_idx_file_says_items_and_bytes_plainly(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (60000, 28, 28)) + b"\0" * 992)
+    with pytest.raises(DataError) as info:
+        read_idx(str(path))
+    assert str(info.value) == (f"{path} is corrupt: its header (60000 x 28 x 28) implies 60000 items of 784 bytes, "
+                               f"47040000 bytes of data, but the file holds 992 bytes of data")
+
+
+def test_the_mnist_download_error_names_the_manual_download(tmp_path, monkeypatch):
+    from datasets import seq_mnist
+    monkeypatch.setattr(seq_mnist, "try_download_mnist", lambda root: "OSError: no network")
+    with pytest.raises(DataError) as info:
+        seq_mnist.SequentialMNIST(str(tmp_path)).load_splits()
+    text = str(info.value)
+    assert "downloading failed (OSError: no network); download them by hand (train-images-idx3-ubyte.gz" in text
+    assert all(url in text for url in MNIST_MIRRORS) and text.endswith(os.path.join(str(tmp_path), "MNIST", "raw"))
+
+
+def test_license_and_citation():
+    license_text = open(os.path.join(ROOT, "LICENSE")).read()
+    assert license_text.startswith("MIT License") and "MIT" in open(os.path.join(ROOT, "setup.cfg")).read()
+    yaml = pytest.importorskip("yaml")
+    citation = yaml.safe_load(open(os.path.join(ROOT, "CITATION.cff")))
+    assert citation["cff-version"] == "1.2.0" and citation["license"] == "MIT"
+    paper = citation["preferred-citation"]
+    assert paper["title"] == ("Fixed Non-negative Orthogonal Classifier: Inducing Zero-mean Neural Collapse with "
+                              "Feature Dimension Separation")
+    assert paper["year"] == 2024 and "ICLR" in paper["conference"]["name"]
+    assert [a["family-names"] for a in paper["authors"]] == ["Kim", "Kim"]
