@@ -72,3 +72,29 @@ def test_license_and_citation():
                               "Feature Dimension Separation")
     assert paper["year"] == 2024 and "ICLR" in paper["conference"]["name"]
     assert [a["family-names"] for a in paper["authors"]] == ["Kim", "Kim"]
+
+
+def test_main_lt_help_has_metavars_and_debug_mode():
+    from longtail.args import build_parser
+    text = " ".join(build_parser().format_help().split())
+    for shown in ("--n_epochs INT", "--lr FLOAT", "--momentum FLOAT", "--channels_last {0,1}",
+                  "--debug_mode {0,1}", "--workers INT"):
+        assert shown in text, shown
+
+
+def test_main_lt_debug_mode_is_a_short_partial_run(tmp_path, capsys, monkeypatch):
+    from tests.test_long_tail import N_PER_CLASS, run_main, write_tiny_cifar
+    from longtail import trainer
+    from longtail.args import DEBUG_STEPS
+    steps = []
+    step = trainer.train_step
+    monkeypatch.setattr(trainer, "train_step", lambda *a: steps.append(1) or step(*a))
+    data = write_tiny_cifar(tmp_path / "cifar", N_PER_CLASS, 6)
+    out = tmp_path / "r.json"
+    code, io = run_main(["--dataset", "cifar10-lt", "--method", "ce", "--width", "4", "--batch_size", "4",
+                         "--device", "cpu", "--debug_mode", "1", "--data_path", data, "--results_file", str(out),
+                         "--nowand", "1"], capsys)
+    assert code == 0, io.err
+    results = json.loads(out.read_text())
+    assert results["partial"] is True and results["args"]["n_epochs"] == 1 and results["args"]["warmup_epochs"] == 0
+    assert len(steps) == DEBUG_STEPS  # one epoch of DEBUG_STEPS steps (the tiny data hold more batches)

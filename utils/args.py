@@ -22,7 +22,7 @@ from backbone.heads import get_head_class, head_names
 from datasets import dataset_names, get_dataset_class
 from models import get_model_class, model_aliases, model_names
 from utils.best_args import best_args
-from utils.cli import OneLineParser, binary, bounded, non_negative_int, positive, seed, switch
+from utils.cli import OneLineParser, binary, bounded, non_negative_int, positive, seed, switch, type_metavar
 from utils.flags import NAME_FIELD, fill_name, results_name
 from utils.run_flags import RUN_DEFAULTS, add_run_flags, resolve_shared_flags
 from utils.seeds import parse_seeds, results_template
@@ -56,19 +56,6 @@ def _compile_mode(text: str):
     if text not in COMPILE_MODES:
         raise argparse.ArgumentTypeError(f"expected 0, 1 or a mode ({', '.join(COMPILE_MODES)}), got {text!r}")
     return text
-
-
-def type_metavar(parse) -> str:
-    """How a flag type's values look in --help when its owner gave no metavar: {0,1}, INT or FLOAT."""
-    if parse is binary:
-        return "{0,1}"
-    for text, name in (("0.5", "FLOAT"), ("1.5", "FLOAT"), ("1", "INT")):
-        try:
-            parse(text)
-            return name
-        except Exception:
-            pass
-    return "VALUE"
 
 
 def build_parser() -> OneLineParser:
