@@ -20,20 +20,28 @@ def test_a_finished_run_is_not_run_again_unless_overwrite(tmp_path, capsys):
     flags = ["--dataset", "seq-digits", "--model", "sgd", "--lr", "0.1", "--debug_mode", "1", "--device", "cpu",
              "--results_file", str(out)]
     assert main_module.main(flags) == 0
-    out.write_text(json.dumps({"kept": True}))
+    first = json.loads(out.read_text())
+    out.write_text(json.dumps({**first, "class_il": -1.0}))  # marks the file: a rerun would replace it
     capsys.readouterr()
     assert main_module.main(flags) == 0
     printed = capsys.readouterr().out.strip()
     assert printed == (f"results exist: {out}: this configuration is finished, not run again (--overwrite 1 runs "
                        f"it again and replaces them)")
-    assert json.loads(out.read_text()) == {"kept": True}
+    assert json.loads(out.read_text())["class_il"] == -1.0
+    # the same file asked of another configuration: refused in one line, never overwritten
+    assert main_module.main(flags[:-2] + ["--seed", "5"] + flags[-2:]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"main.py: error: {out} exists and it holds another run's results: --seed 5 (the file's: 0); "
+                   f"give another --results_file, or --overwrite 1 to replace it")
+    out.write_text("{")
+    assert main_module.main(flags) == 2 and "exists and it is not a results file" in capsys.readouterr().err
     assert main_module.main(flags + ["--overwrite", "1"]) == 0
-    assert "class_il" in json.loads(out.read_text())
+    assert json.loads(out.read_text())["class_il"] == first["class_il"]
 
 
 def test_seeds_with_some_results_written_name_them(tmp_path, capsys):
     template = str(tmp_path / "r-{seed}.json")
-    (tmp_path / "r-2.json").write_text("{}")
+    (tmp_path / "r-2.json").write_text(json.dumps({"args": {"seed": 2}}))
     flags = ["--dataset", "seq-digits", "--model", "sgd", "--lr", "0.1", "--debug_mode", "1", "--device", "cpu",
              "--seeds", "1-3", "--results_file", template]
     assert main_module.main(flags) == 2
