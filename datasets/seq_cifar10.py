@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from datasets import register_dataset
-from datasets.utils.cifar_io import load_cifar
+from datasets.utils.cifar_io import cifar_folder, load_cifar
 from datasets.utils.continual_dataset import ContinualDataset
 from datasets.utils.streams import CIFAR10_ASYMMETRIC
 from datasets.utils import normalisation
@@ -28,6 +28,11 @@ class SequentialCIFAR10(ContinualDataset):
     TRANSFORM = DeviceTransform(255.0, *normalisation.CIFAR10,
                                 crop_padding=4, flip=True)
     ASYMMETRIC_NOISE = CIFAR10_ASYMMETRIC  # Patrini et al.'s pairs (datasets/utils/streams.py)
+
+    CANONICAL_SAMPLES = (50000, 10000)  # CIFAR-100 too
+
+    def source_paths(self) -> list:
+        return [cifar_folder(self.data_path, self.CIFAR_VARIANT)]
 
     def read_splits(self):
         return load_cifar(self.data_path, self.CIFAR_VARIANT)

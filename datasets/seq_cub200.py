@@ -23,6 +23,11 @@ class SequentialCUB200(ContinualDataset):
     BATCH_SIZE = 128
     TRANSFORM = protocol.CROP
 
+    CANONICAL_SAMPLES = (5994, 5794)
+
+    def source_paths(self) -> list:
+        return [os.path.join(self.data_path, CUB)]
+
     def read_splits(self):
         folder = os.path.join(self.data_path, CUB)
         ensure_folder("CUB-200-2011", folder, CUB_FILES, CUB_URL, self.data_path, download=True)

@@ -22,6 +22,8 @@ class SequentialDigits(ContinualDataset):
     BATCH_SIZE = 10
     CPU_THREADS = 1  # an MLP at batch 10 is too small for intra-op threads to pay off (measured: ~1.6x faster)
     TRANSFORM = DeviceTransform(scale=16.0)  # pixel values are 0..16
+    EMBEDDED = True  # scikit-learn's copy of the UCI digits
+    CANONICAL_SAMPLES = (1438, 359)  # 1,797 digits, a stratified 20% held out
 
     def read_splits(self):
         from sklearn.datasets import load_digits

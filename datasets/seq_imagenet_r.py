@@ -24,6 +24,9 @@ class SequentialImageNetR(ContinualDataset):
     BATCH_SIZE = 128
     TRANSFORM = protocol.CROP
 
+    def source_paths(self) -> list:  # no canonical sizes: the 80/20 split is drawn per class
+        return [os.path.join(self.data_path, IMAGENET_R)]
+
     def read_splits(self):
         folder = os.path.join(self.data_path, IMAGENET_R)
         ensure_folder("ImageNet-R", folder, ("",), IMAGENET_R_URL, self.data_path, download=True)

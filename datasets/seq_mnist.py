@@ -12,6 +12,9 @@ from datasets.utils.continual_dataset import ContinualDataset, Split
 from datasets.utils.idx import MNIST_FILES, find_file, read_idx
 from utils.errors import DataError
 
+# Where torchvision downloads MNIST from (torchvision.datasets.MNIST.mirrors), for a download by hand.
+MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
+
 
 def try_download_mnist(root: str) -> str | None:
     """Download MNIST with torchvision into ``root``/MNIST/raw; return the reason in one line if that fails
@@ -48,6 +51,11 @@ class SequentialMNIST(ContinualDataset):
     BATCH_SIZE = 10
     CPU_THREADS = 1  # an MLP at batch 10 is too small for intra-op threads to pay off (measured: ~1.6x faster)
 
+    CANONICAL_SAMPLES = (60000, 10000)
+
+    def source_paths(self) -> list:
+        return [self.raw_dir()]
+
     def raw_dir(self) -> str:
         return os.path.join(self.data_path, "MNIST", "raw")
 
@@ -61,5 +69,7 @@ class SequentialMNIST(ContinualDataset):
             missing = self.missing_files()
             if missing:
                 raise DataError(f"MNIST files missing: {', '.join(missing)} (optionally .gz) must be in "
-                                f"{self.raw_dir()} and downloading failed ({problem})")
+                                f"{self.raw_dir()} and downloading failed ({problem}); download them by hand "
+                                f"({', '.join(s + '.gz' for s in missing)}) from {' or '.join(MNIST_MIRRORS)} "
+                                f"into {self.raw_dir()}")
         return tuple(load_mnist_split(self.raw_dir(), *MNIST_FILES[s]) for s in ("train", "test"))

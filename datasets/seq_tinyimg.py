@@ -28,6 +28,11 @@ class SequentialTinyImageNet(ContinualDataset):
     TRANSFORM = DeviceTransform(255.0, *normalisation.TINY_IMAGENET,
                                 crop_padding=4, flip=True)
 
+    CANONICAL_SAMPLES = (100000, 10000)
+
+    def source_paths(self) -> list:
+        return [tinyimagenet_folder(self.data_path)]
+
     def read_splits(self):
         train, test, wnids = load_tinyimagenet(self.data_path, rebuild_cache=self.rebuild_cache)
         if len(wnids) != self.num_classes:

@@ -17,7 +17,8 @@ from backbone import backbone_names
 from longtail.arms import lt_method_names
 from longtail.data import LT_DATASETS, SHOT_GROUP_DEFINITIONS, get_lt_dataset_class, lt_dataset_names
 from longtail.processes import Processes
-from utils.cli import Extend, OneLineParser, binary, comma_list, momentum, non_negative, non_negative_int, positive, switch
+from utils.cli import (Extend, OneLineParser, binary, comma_list, fill_metavars, momentum, non_negative, non_negative_int,
+                       positive, switch)
 from utils.run_flags import RUN_DEFAULTS, add_run_flags, given_flags, parse_command_line, resolve_run_flags
 
 DEFAULTS = dict(RUN_DEFAULTS, **{
@@ -25,7 +26,9 @@ DEFAULTS = dict(RUN_DEFAULTS, **{
     "warmup_epochs": 5, "lr_milestones": [160, 180], "lr_decay": 0.1, "mixup_alpha": 1.0,
     "image_size": 224, "workers": min(8, os.cpu_count() or 1), "amp": "none", "channels_last": 0,
     "eval_every": 1, "checkpoint_every": 1, "color_jitter": 0.0, "pretrained": None, "load_best_args": False,
+    "debug_mode": 0,
 })
+DEBUG_STEPS = 5  # --debug_mode 1: optimizer steps per epoch
 
 
 def preset(dataset_cls: type, method: str) -> dict:
@@ -86,6 +89,9 @@ def build_parser() -> OneLineParser:
                    help="evaluate on the test set every N epochs and after the last (default 1, as the authors; "
                    "0: the last only); the best of these is reported as selected on the test set, the final "
                    "epoch is the headline")
+    r.add_argument("--debug_mode", type=binary, metavar="{0,1}",
+                   help=f"1: a smoke test, {DEBUG_STEPS} steps per epoch, one epoch without warm-up unless "
+                        f"--n_epochs / --warmup_epochs say otherwise; the results say \"partial\": true")
     r.add_argument("--shot_groups", choices=SHOT_GROUP_DEFINITIONS,
                    help="many/medium/few: paper (the authors' class-rank ranges after sorting by training count; "
                    "the default) or counts (>100, 20-100, <20 training images)")
@@ -96,6 +102,7 @@ def build_parser() -> OneLineParser:
     s.add_argument("--amp", choices=("none", "bf16", "fp16"), help="autocast precision (default none; fp16: "
                    "with a GradScaler, CUDA only)")
     s.add_argument("--channels_last", type=binary, help="channels-last memory format (0|1, default 0)")
+    fill_metavars(p)
     return p
 
 
@@ -107,6 +114,8 @@ def resolve(ns: argparse.Namespace) -> argparse.Namespace:
                   shot_groups="paper" if dataset_cls.SHOT_RANKS else "counts")
     if explicit.get("load_best_args"):
         values.update(preset(dataset_cls, explicit["method"]))
+    if explicit.get("debug_mode"):
+        values.update(n_epochs=1, warmup_epochs=0)  # below the command line: given values still win
     values.update(explicit)
     if "width" not in explicit and values["backbone"] == dataset_cls.BACKBONE:
         values["width"] = dataset_cls.BACKBONE_WIDTH

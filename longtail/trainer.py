@@ -26,6 +26,7 @@ from torch import nn
 from backbone import get_backbone_class
 from backbone.heads import Network
 from backbone.resnet_imagenet import TorchvisionResNet
+from longtail.args import DEBUG_STEPS
 from longtail.arms import LT_METHODS, LongTailMethod
 from longtail.batches import LongTailData, load_data
 from longtail.callbacks import long_tail_callbacks
@@ -199,7 +200,11 @@ def train_epoch(run: LongTailRun, epoch: int, history: dict, callbacks=()) -> Op
     run.model.train()
     loss_sum = torch.zeros((), device=run.device, dtype=torch.float64)
     steps, n_steps = len(run.data.train), 0
+    if getattr(args, "debug_mode", 0):  # absent from the arguments of a run checkpointed before the flag
+        steps = min(steps, DEBUG_STEPS)
     for step, (x, y) in enumerate(run.data.train.epoch(epoch)):
+        if step == steps:
+            break
         loss = train_step(run, x, y)
         loss_sum += loss
         n_steps += 1
@@ -234,6 +239,7 @@ def make_results(run: LongTailRun, history: dict, wall_time_s: float) -> dict:
         "setting": "long-tail",
         "args": vars(args),
         "headline": "final epoch",
+        "partial": bool(getattr(args, "debug_mode", 0)),  # --debug_mode: summaries keep it apart
         **{k: final[k] for k in GROUP_KEYS},
         "final_epoch": {"epoch": args.n_epochs, **{k: final[k] for k in GROUP_KEYS}},
         "best_epoch": {"epoch": history["evaluated"][best], **{k: per_epoch[best][k] for k in GROUP_KEYS},

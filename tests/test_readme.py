@@ -115,3 +115,21 @@ def test_module_commands_know_their_flags(command):
     own = argv[3:argv.index("--")] if "--" in argv else argv[3:]  # flags after "--" go to every run
     for flag in (a.split("=")[0] for a in own if a.startswith("--")):
         assert flag in done.stdout, f"{command}: {module} --help does not mention {flag}"
+
+
+def test_the_readme_shows_what_the_demo_prints(tmp_path, monkeypatch, capsys):
+    """The sample output is the demo's own (CPU runs are deterministic): every line the README shows but
+    the elided ones and the results path is printed as written."""
+    import main as main_module
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    sample = text[text.index("No arguments given: running the embedded demo"):]
+    sample = sample[:sample.index("```")].splitlines()
+    shown = [line for line in sample if line != "..." and not line.startswith("Results written to")]
+    assert any(line.startswith("Final (er, fno, masked=1, seq-digits): Class-IL") for line in shown)
+    monkeypatch.chdir(tmp_path)  # the demo writes results/seq-digits/<name>.json under the current directory
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # the sample is a CPU run, as a clean clone's
+    assert main_module.main([]) == 0
+    printed = capsys.readouterr().out.replace("\r", "\n").splitlines()
+    for line in shown:
+        assert line in printed, line

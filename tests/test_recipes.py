@@ -1,6 +1,8 @@
-"""The four recipes of docs/architecture.md, followed literally: a throw-away method (with its own flag and an
-``end_task(task, data)`` that reads the task's data), head and dataset, each in a file of its own, run
-through ``main.py`` with no other file edited.  The files are added to a copy of the source tree."""
+"""The recipes of docs/architecture.md, followed literally: the method and the head are the documented code
+blocks as written (a flag each, an ``end_task(task, data)`` that reads the task's data), the dataset a
+throw-away one, each in a file of its own, run through ``main.py`` with no other file edited, on a real
+benchmark's synthetic twin too; the summary pairs the new head with FC; --seeds refuses the unlisted method
+in one line, as the recipe says.  The files are added to a copy of the source tree."""
 import json
 import os
 import shutil
@@ -10,58 +12,15 @@ import textwrap
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-METHOD = '''
-    import torch.nn.functional as F
-
-    from models import register_model
-    from models.continual_model import ContinualModel
-    from utils.cli import Flag, non_negative
-
-
-    @register_model("toy")
-    class Toy(ContinualModel):
-        """Fine-tuning with a label-smoothing flag of its own; reports each task's data at its end."""
-
-        FLAGS = {"toy_smoothing": Flag(non_negative(float), 0.0, "label smoothing of the stream loss")}
-
-        def observe(self, inputs, labels, not_aug_inputs):
-            self.opt.zero_grad(set_to_none=True)
-            loss = self.backward(lambda: F.cross_entropy(self.net(inputs), labels,
-                                                         label_smoothing=self.args.toy_smoothing))
-            self.opt.step()
-            return loss
-
-        def end_task(self, task, data):
-            classes = sorted(set(data.y.tolist()))
-            print(f"toy end_task {task}: {len(data)} samples, classes {classes}, "
-                  f"smoothing {self.args.toy_smoothing}", flush=True)
-'''
-
-HEAD = '''
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    from backbone.heads import register_head
+def recipe(title: str) -> str:
+    """The first Python block under ``### <title>`` in docs/architecture.md, as written there."""
+    text = open(os.path.join(ROOT, "docs", "architecture.md")).read()
+    section = text[text.index(f"### {title}\n"):]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 
-    @register_head("toyhead")
-    class ToyHead(nn.Module):
-        """A fixed head: the first K feature dimensions are the logits."""
-
-        FIXED = True
-        FLAGS = {}
-
-        def __init__(self, feature_dim, num_classes, generator, args=None):
-            super().__init__()
-            self.register_buffer("weight", torch.eye(num_classes, feature_dim))
-
-        def forward(self, h):
-            return F.linear(h, self.weight)
-
-        def class_weights(self):
-            return self.weight
-'''
+METHOD = recipe("Add a method")
+HEAD = recipe("Add a head")
 
 DATASET = '''
     import torch
@@ -102,18 +61,35 @@ def test_a_method_a_head_and_a_dataset_each_in_one_new_file(tmp_path):
     tree = tmp_path / "tree"
     shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns(".git", ".venv", "data", "results", "wandb",
                                                               "__pycache__", "*.egg-info", "build"))
-    for path, text in (("models/toy.py", METHOD), ("backbone/toy_head.py", HEAD), ("datasets/seq_toy.py", DATASET)):
+    for path, text in (("models/my_method.py", METHOD), ("backbone/my_head.py", HEAD),
+                       ("datasets/seq_toy.py", DATASET)):
         (tree / path).write_text(textwrap.dedent(text))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    flags = ["--dataset", "seq-toy", "--model", "toy", "--classifier", "toyhead", "--toy_smoothing", "0.1",
-             "--lr", "0.1", "--device", "cpu", "--results_file", str(tmp_path / "r.json")]
-    done = subprocess.run([sys.executable, "main.py", *flags], cwd=tree, env=env, capture_output=True, text=True)
+    main = lambda *flags: subprocess.run([sys.executable, "main.py", "--device", "cpu", *flags], cwd=tree, env=env,
+                                         capture_output=True, text=True)
+    results = tmp_path / "R"
+    flags = ["--dataset", "seq-toy", "--model", "my_method", "--my_weight", "0.5", "--lr", "0.1", "--seed", "1",
+             "--results_dir", str(results)]
+    done = main(*flags, "--classifier", "my_head", "--my_head_scale", "2")
     assert done.returncode == 0, done.stderr
-    assert "toy end_task 0: 80 samples, classes [0, 1], smoothing 0.1" in done.stdout
-    assert "toy end_task 1: 80 samples, classes [2, 3], smoothing 0.1" in done.stdout
-    results = json.loads((tmp_path / "r.json").read_text())
-    assert results["args"]["classifier"] == "toyhead" and results["args"]["toy_smoothing"] == 0.1
-    assert len(results["acc_matrix_class_il"]) == 2
-    help_text = subprocess.run([sys.executable, "main.py", "--help"], cwd=tree, env=env, capture_output=True,
-                               text=True, check=True).stdout
-    assert "flags of toy:" in help_text and "seq-toy" in help_text and "toyhead" in help_text
+    assert "task 0: 80 samples" in done.stdout and "task 1: 80 samples" in done.stdout
+    (written,) = list(results.glob("*.json"))
+    run = json.loads(written.read_text())
+    assert run["args"]["classifier"] == "my_head" and run["args"]["my_weight"] == 0.5
+    assert run["args"]["my_head_scale"] == 2.0 and len(run["acc_matrix_class_il"]) == 2
+    assert main(*flags).returncode == 0  # the FC run of the same configuration
+    summary = subprocess.run([sys.executable, "-m", "utils.summarize", str(results)], cwd=tree, env=env,
+                             capture_output=True, text=True)
+    assert "MY_HEAD my_head_scale=2 - FC" in summary.stdout, summary.stdout
+    # a real benchmark's synthetic twin, with no data files
+    twin = main("--dataset", "seq-cifar10", "--model", "my_method", "--lr", "0.1", "--classifier", "my_head",
+                "--backbone", "mlp", "--synthetic", "1", "--debug_mode", "1", "--n_tasks", "2",
+                "--data_path", str(tmp_path / "none"), "--results_file", "none")
+    assert twin.returncode == 0 and "task 1: 20 samples" in twin.stdout, twin.stderr
+    # --seeds: not in STACKED_METHODS, refused in one line (the recipe's one extra edit)
+    seeds = main("--dataset", "seq-toy", "--model", "my_method", "--lr", "0.1", "--seeds", "1-2",
+                 "--results_file", "none")
+    assert seeds.returncode == 2 and seeds.stderr.count("\n") == 1
+    assert "method my_method does not support stacked runs yet" in seeds.stderr
+    help_text = main("--help").stdout
+    assert "flags of my_method:" in help_text and "flags of my_head:" in help_text and "seq-toy" in help_text

@@ -152,9 +152,11 @@ def test_summary_values_deltas_and_bad_files(results_dir, capsys):
 def test_forgetting_and_bwt_are_columns(results_dir, capsys):
     main([str(results_dir)])
     printed = capsys.readouterr().out
-    header = next(line for line in printed.splitlines() if line.lstrip().startswith("Class-IL"))
-    assert header.split() == ["Class-IL", "Task-IL", "Forgetting", "Class-IL", "Forgetting", "Task-IL",
-                              "BWT", "Class-IL", "BWT", "Task-IL"]
+    headers = [line.split() for line in printed.splitlines() if line.lstrip().startswith(("Class-IL", "Forg", "BWT"))]
+    # 120 columns hold two paired cells: the wide metrics follow in tables of their own
+    assert headers[0] + headers[1] == ["Class-IL", "Task-IL", "Forgetting", "Class-IL", "Forgetting", "Task-IL",
+                                       "BWT", "Class-IL", "BWT", "Task-IL"]  # buffer 200, with its paired row
+    assert max(len(line) for line in printed.splitlines() if not line.startswith(("wrote", "seq-", "skipped", "long-tail"))) <= 120
     stats = pd.read_csv(results_dir / "summary.csv")
     cl = stats[stats["setting"] == "continual"].set_index(["method", "buffer", "row", "metric"])
     # forgetting_class_il = 10 + seed: FC seeds 1..4, FNO seeds 1..5
@@ -162,8 +164,8 @@ def test_forgetting_and_bwt_are_columns(results_dir, capsys):
     assert cl.loc[("er+M", 200, "fno", "BWT Class-IL"), "mean"] == pytest.approx(-13.0)
     assert cl.loc[("er+M", 200, "FNO - FC", "Forgetting Class-IL"), "mean"] == 0.0
     assert cl.loc[("er+M", 200, "fno", "Forgetting Task-IL"), "std"] == 0.0
-    fc_row = next(line for line in printed.splitlines() if line.startswith("er+M") and " fc " in line)
-    assert "12.50 ± 1.29 (4)" in fc_row and "-12.50 ± 1.29 (4)" in fc_row
+    fc_rows = [line for line in printed.splitlines() if line.startswith("er+M") and " fc " in line]
+    assert "12.50 ± 1.29 (4)" in fc_rows[0] and "-12.50 ± 1.29 (4)" in fc_rows[1]  # the second part's row
     markdown = (results_dir / "summary.md").read_text()
     assert ("| method | classifier | Class-IL | Task-IL | Forgetting Class-IL | Forgetting Task-IL | "
             "BWT Class-IL | BWT Task-IL |") in markdown
@@ -201,19 +203,57 @@ def test_every_fixed_head_is_paired_with_fc_and_head_flags_are_not_a_difference(
     assert "ORTH - FC" not in printed and "FC - FC" not in printed
 
 
-def test_mixed_settings_and_unclean_pairs_are_reported(tmp_path, capsys):
+def test_runs_of_two_learning_rates_are_two_rows_never_one_average(tmp_path, capsys):
     for seed in (1, 2):
         write(tmp_path / f"fc{seed}.json", cl_results("er", "fc", seed, 80.0, 95.0))
-        fno = cl_results("er", "fno", seed, 82.0, 95.0)
-        fno["args"]["lr"] = 0.03 if seed == 1 else 0.1
+        write(tmp_path / f"fno{seed}.json", cl_results("er", "fno", seed, 82.0 + seed, 95.0))
+        slow = cl_results("er", "fno", seed, 60.0, 70.0, lr=0.01)
         if seed == 2:  # the same configuration reached through the alias and the best-args table
-            fno["args"].update(model_name="orthermr", load_best_args=True)
-        write(tmp_path / f"fno{seed}.json", fno)
-    main([str(tmp_path)])
+            slow["args"].update(model_name="orthermr", load_best_args=True)
+        write(tmp_path / f"fno-slow{seed}.json", slow)
+    assert main([str(tmp_path)]) == 0
     printed = capsys.readouterr().out
-    assert "differ in lr; they are averaged together" in printed
-    assert "also differ in lr: not a clean paired comparison" in printed
+    cil = pd.read_csv(tmp_path / "summary.csv").query("metric == 'Class-IL'").set_index(["method", "row"])
+    assert cil.loc[("er+M lr=0.1", "fno"), "mean"] == 83.5 and cil.loc[("er+M lr=0.1", "fno"), "n"] == 2
+    assert cil.loc[("er+M lr=0.01", "fno"), "mean"] == 60.0 and cil.loc[("er+M lr=0.01", "fno"), "n"] == 2
+    # the FC runs pair only with the FNO runs of their own learning rate
+    assert cil.loc[("er+M lr=0.1", "FNO - FC"), "mean"] == 3.5
+    assert ("er+M lr=0.01", "FNO - FC") not in cil.index
     assert "model_name" not in printed and "load_best_args" not in printed
+    # --ignore lr puts them in one cell again, where seeds 1 and 2 then appear twice: refused, naming both files
+    assert main([str(tmp_path), "--ignore", "lr"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "seed 1 appears twice in one configuration (er+M, fno)" in err
+    assert str(tmp_path / "fno1.json") in err and str(tmp_path / "fno-slow1.json") in err
+
+
+def test_a_file_without_a_newer_flag_shares_the_cell_of_its_default(tmp_path, capsys):
+    for seed in (1, 2):
+        new = cl_results("er", "fno", seed, 80.0 + seed, 95.0, online=0, noise_rate=0, validation=0)
+        write(tmp_path / f"new{seed}.json", new)
+    write(tmp_path / "old3.json", cl_results("er", "fno", 3, 83.0, 95.0))  # written before those flags existed
+    write(tmp_path / "noisy.json", cl_results("er", "fno", 1, 50.0, 95.0, noise_rate=0.2))
+    assert main([str(tmp_path)]) == 0
+    cil = pd.read_csv(tmp_path / "summary.csv").query("metric == 'Class-IL'").set_index(["method", "row"])
+    assert cil.loc[("er+M noise_rate=0", "fno"), "n"] == 3
+    assert cil.loc[("er+M noise_rate=0.2", "fno"), "n"] == 1
+    # --group_by: only the named flags (and benchmark, buffer, method, head) tell configurations apart
+    assert main([str(tmp_path), "--group_by", "lr"]) == 2
+    assert "seed 1 appears twice" in capsys.readouterr().err
+    assert main([str(tmp_path), "--group_by", "nosuchflag"]) == 2
+    assert "--group_by nosuchflag: no run has such a flag" in capsys.readouterr().err
+
+
+def test_learnable_heads_are_paired_too_and_columns_choose_the_metrics(tmp_path, capsys):
+    for seed in (1, 2):
+        write(tmp_path / f"fc{seed}.json", cl_results("er", "fc", seed, 80.0, 95.0))
+        write(tmp_path / f"cos{seed}.json", cl_results("er", "cosine", seed, 81.0 + seed, 95.0))
+    assert main([str(tmp_path), "--columns", "Class-IL"]) == 0
+    printed = capsys.readouterr().out
+    assert "COSINE - FC" in printed and "Task-IL" not in printed
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--columns", "Accuracy"])
+    assert "--columns Accuracy: not a metric" in capsys.readouterr().err
 
 
 def test_empty_directory_is_an_error(tmp_path, capsys):

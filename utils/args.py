@@ -22,7 +22,7 @@ from backbone.heads import get_head_class, head_names
 from datasets import dataset_names, get_dataset_class
 from models import get_model_class, model_aliases, model_names
 from utils.best_args import best_args
-from utils.cli import OneLineParser, binary, bounded, non_negative_int, positive, seed, switch
+from utils.cli import OneLineParser, binary, bounded, non_negative_int, positive, seed, switch, type_metavar
 from utils.flags import NAME_FIELD, fill_name, results_name
 from utils.run_flags import RUN_DEFAULTS, add_run_flags, resolve_shared_flags
 from utils.seeds import parse_seeds, results_template
@@ -36,7 +36,7 @@ DEFAULT_ARGV = ["--dataset", "seq-digits", "--model", "er", "--classifier", "fno
 DEFAULTS = dict(RUN_DEFAULTS, **{
     "classifier": "fc", "masked_softmax": 0, "buffer_size": 0, "load_best_args": False, "amp": "none",
     "channels_last": 0, "compile": 0, "collapse_metrics": 0, "rebuild_cache": 0, "validation": 0, "class_order": 0,
-    "eval_every": 0, "debug_mode": 0, "max_steps_per_task": None, "n_tasks": None, "seeds": None,
+    "eval_every": 0, "debug_mode": 0, "synthetic": 0, "max_steps_per_task": None, "n_tasks": None, "seeds": None,
     "deterministic": 0, **STREAM_DEFAULTS,
 })
 RESULTS_ROOT = "results"  # the default results folder, relative to the current directory
@@ -56,19 +56,6 @@ def _compile_mode(text: str):
     if text not in COMPILE_MODES:
         raise argparse.ArgumentTypeError(f"expected 0, 1 or a mode ({', '.join(COMPILE_MODES)}), got {text!r}")
     return text
-
-
-def type_metavar(parse) -> str:
-    """How a flag type's values look in --help when its owner gave no metavar: {0,1}, INT or FLOAT."""
-    if parse is binary:
-        return "{0,1}"
-    for text, name in (("0.5", "FLOAT"), ("1.5", "FLOAT"), ("1", "INT")):
-        try:
-            parse(text)
-            return name
-        except Exception:
-            pass
-    return "VALUE"
 
 
 def build_parser() -> OneLineParser:
@@ -120,6 +107,9 @@ def build_parser() -> OneLineParser:
     v.add_argument("--debug_mode", type=binary, metavar="{0,1}",
                    help=f"1: a smoke test, {DEBUG_STEPS} steps per task (unless --max_steps_per_task) and "
                         "evaluation on the first 100 samples of each task; the results say \"partial\": true")
+    v.add_argument("--synthetic", type=binary, metavar="{0,1}",
+                   help="1: a smoke test on generated data of the benchmark's shapes and classes (a few images per "
+                        "class), no files read; the results say \"source\": \"synthetic\" and \"partial\": true")
     v.add_argument("--max_steps_per_task", type=positive(int), metavar="N",
                    help="stop each task after N optimizer steps (a partial run)")
     v.add_argument("--n_tasks", type=positive(int), metavar="N",
@@ -150,24 +140,76 @@ def build_parser() -> OneLineParser:
     s.add_argument("--num_threads", type=positive(int, high=os.cpu_count() or 1), metavar=f"1..{os.cpu_count() or 1}",
                    help="CPU threads for torch (default: the dataset's choice, else torch's)")
     add_stream_flags(p)
+    varying = varying_flags()
     for owners, flags in owned_flags().items():
         group = p.add_argument_group(f"flags of {', '.join(owners)}")
         for name, flag in flags.items():
-            default = "" if flag.default is None else f" (default {flag.default})"
-            group.add_argument(f"--{name}", type=flag.type, metavar=flag.metavar or type_metavar(flag.type),
-                               help=flag.help + (" (required)" if flag.required else default))
+            if name in varying:  # each owner's own meaning and default; its owner parses the text
+                group.add_argument(f"--{name}", type=str, metavar=flag.metavar or type_metavar(flag.type),
+                                   help="; ".join(_flag_help(f) if f.help.startswith(f"{owner}:") else f"{owner}: {_flag_help(f)}"
+                                                 for owner, f in varying[name].items()))
+            else:
+                group.add_argument(f"--{name}", type=flag.type, metavar=flag.metavar or type_metavar(flag.type),
+                                   help=_flag_help(flag))
     return p
 
 
+def _flag_help(flag) -> str:
+    return flag.help + (" (required)" if flag.required else "" if flag.default is None else f" (default {flag.default})")
+
+
+class FlagConflict(ValueError):
+    """Two owners that can meet in one run declare one flag differently: the one-line reason."""
+
+
+def type_signature(parse) -> tuple:
+    """What a flag type parses, comparable across owners: the function and the values it closes over
+    (``bounded(float, 0, 1)`` built twice is one type)."""
+    cells = tuple(c.cell_contents for c in getattr(parse, "__closure__", None) or ())
+    return getattr(parse, "__module__", None), getattr(parse, "__qualname__", repr(parse)), repr(cells)
+
+
+def flag_signature(flag) -> tuple:
+    return type_signature(flag.type), repr(flag.default), flag.help, flag.required, flag.metavar
+
+
+def declared_flags() -> list:
+    """(kind, owner name, flag name, Flag) for every flag a registered method, head or backbone declares."""
+    classes = [("method", n, get_model_class(n)) for n in model_names()]
+    classes += [("head", n, get_head_class(n)) for n in head_names()]
+    classes += [("backbone", n, get_backbone_class(n)) for n in backbone_names()]
+    return [(kind, owner, name, flag) for kind, owner, cls in classes
+            for name, flag in getattr(cls, "FLAGS", {}).items()]
+
+
 def flag_owners() -> dict:
-    """flag name -> (its Flag, the names of the methods and heads declaring it), over every registered class."""
+    """flag name -> (its Flag, the names of the methods, heads and backbones declaring it).
+
+    Owners of different kinds meet in one run (a method, its head, its backbone): a flag they share must
+    agree in type, default and meaning, else ``FlagConflict`` names both.  Owners of one kind are
+    alternatives (one method per run) and may differ: each run then uses its own owner's flag."""
     owners: dict = {}
-    classes = [(n, get_model_class(n)) for n in model_names()] + [(n, get_head_class(n)) for n in head_names()]
-    classes += [(n, get_backbone_class(n)) for n in backbone_names() if hasattr(get_backbone_class(n), "FLAGS")]
-    for owner, cls in classes:
-        for name, flag in cls.FLAGS.items():
-            owners.setdefault(name, (flag, []))[1].append(owner)
+    first_of_kind: dict = {}
+    for kind, owner, name, flag in declared_flags():
+        for other_kind, (other, other_flag) in first_of_kind.get(name, {}).items():
+            if other_kind != kind and flag_signature(other_flag) != flag_signature(flag):
+                raise FlagConflict(f"--{name} is declared differently by {other_kind} {other} ({other_flag.help!r}, "
+                                   f"default {other_flag.default!r}) and {kind} {owner} ({flag.help!r}, default "
+                                   f"{flag.default!r}): a flag shared by a method, a head or a backbone must agree "
+                                   f"in type, default and meaning; give one of them another name")
+        first_of_kind.setdefault(name, {}).setdefault(kind, (owner, flag))
+        owners.setdefault(name, (flag, []))[1].append(owner)
     return owners
+
+
+def varying_flags() -> dict:
+    """flag name -> {owner: Flag} for the flags whose owners (alternatives of one kind) declare them
+    differently: the parser keeps their text, and the run's own owner parses it (``resolve``)."""
+    by_name: dict = {}
+    for _, owner, name, flag in declared_flags():
+        by_name.setdefault(name, {})[owner] = flag
+    return {name: flags for name, flags in by_name.items()
+            if len({flag_signature(f) for f in flags.values()}) > 1}
 
 
 def owned_flags() -> dict:
@@ -181,7 +223,11 @@ def owned_flags() -> dict:
 def parse_args(argv: list | None = None) -> argparse.Namespace:
     """Parse and resolve a command line; invalid values exit with a one-line error and code 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except FlagConflict as exc:
+        print(f"main.py: error: {exc}", file=sys.stderr)
+        sys.exit(2)
     if not argv:
         print("No arguments given: running the embedded demo, main.py " + " ".join(DEFAULT_ARGV), flush=True)
         argv = list(DEFAULT_ARGV)
@@ -214,11 +260,19 @@ def resolve(ns: argparse.Namespace) -> argparse.Namespace:
     if explicit.get("online"):
         values.update(ONLINE_PROTOCOL)
     buffer_size = explicit.get("buffer_size", values["buffer_size"])
+    model_cls = get_model_class(model)
+    owners_of = flag_owners()
     if explicit.get("load_best_args"):
         try:
-            values.update(best_args(explicit["dataset"], model, buffer_size, bool(explicit.get("online"))))
+            best = best_args(explicit["dataset"], model, buffer_size, bool(explicit.get("online")))
         except KeyError as exc:
             raise ValueError(f"--load_best_args: {exc.args[0]}") from None
+        foreign = sorted(k for k in best if k in owners_of and k not in model_cls.FLAGS)
+        if foreign:  # a head's or backbone's flag is that owner's, never set by a method's table
+            raise ValueError(f"--load_best_args: the table of {model} sets " + ", ".join(
+                f"--{k} (a flag of {', '.join(owners_of[k][1])})" for k in foreign)
+                + "; a best-arguments row may set only the method's own flags and the shared ones")
+        values.update(best)
     values.update({k: v for k, v in explicit.items() if k != "model"})
     values["model"] = model
     values["model_name"] = explicit["model"]
@@ -226,13 +280,18 @@ def resolve(ns: argparse.Namespace) -> argparse.Namespace:
     if values.get("minibatch_size") is None:
         values["minibatch_size"] = values["batch_size"]
 
-    model_cls = get_model_class(model)
     if model_cls.USES_BUFFER and values["buffer_size"] <= 0:
         raise ValueError(f"--model {explicit['model']} replays from a buffer: give --buffer_size > 0 "
                          f"(got {values['buffer_size']})")
     backbone_cls = get_backbone_class(values["backbone"])
     own = {**model_cls.FLAGS, **get_head_class(values["classifier"]).FLAGS, **getattr(backbone_cls, "FLAGS", {})}
-    for name, (_, owners) in flag_owners().items():
+    varying = varying_flags()
+    for name, (_, owners) in owners_of.items():
+        if name in own and name in varying and name in explicit:  # the text, parsed by this run's owner
+            try:
+                values[name] = own[name].type(explicit[name])
+            except (argparse.ArgumentTypeError, ValueError) as exc:
+                raise ValueError(f"argument --{name}: {exc}") from None
         if name in own:
             if values.get(name) is None:
                 values[name] = own[name].default  # the chosen method's own default (methods may differ)

@@ -116,3 +116,24 @@ class Extend(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         setattr(namespace, self.dest, [item for part in values for item in part])
+
+
+def type_metavar(parse) -> str:
+    """How a flag type's values look in --help when its owner gave no metavar: {0,1}, INT or FLOAT."""
+    if parse is binary:
+        return "{0,1}"
+    for text, name in (("0.5", "FLOAT"), ("1.5", "FLOAT"), ("1", "INT")):
+        try:
+            parse(text)
+            return name
+        except Exception:
+            pass
+    return "VALUE"
+
+
+def fill_metavars(parser: argparse.ArgumentParser) -> None:
+    """Give every typed flag without a metavar or choices the look of its values in --help ({0,1}, INT,
+    FLOAT), as main.py's flags show them."""
+    for action in parser._actions:
+        if action.option_strings and action.type is not None and action.metavar is None and not action.choices:
+            action.metavar = type_metavar(action.type)

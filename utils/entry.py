@@ -15,6 +15,7 @@ locks and writes: the other processes of a job share its files.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -22,6 +23,7 @@ from typing import Callable, Optional
 
 from utils import io  # its functions are looked up at call time, so that tests can simulate a full disk
 from utils.errors import UserError
+from utils.flags import OPERATIONAL_FLAGS, canonical
 from utils.io import absent_folders, check_writable_dir, check_writable_file, remove_empty_folders
 from utils.runlock import run_lock
 from utils.seeds import seed_args
@@ -68,6 +70,56 @@ def created_folders(runs: list) -> list:
     return folders
 
 
+NOT_IDENTITY = OPERATIONAL_FLAGS | {"seeds", "model_name", "load_best_args"}  # how a run was asked, not what
+
+
+def finished(one) -> bool:
+    """Whether a run's results file is there and no checkpoint of it is left (a run deletes its checkpoint
+    once its results are written; both there is a state the resume checks deal with)."""
+    busy = one.checkpoint_dir and os.path.isdir(one.checkpoint_dir) and os.listdir(one.checkpoint_dir)
+    return bool(one.results_file and os.path.isfile(one.results_file) and not busy)
+
+
+def other_run(one) -> Optional[str]:
+    """Why the existing results file of ``one`` is not this run's (``None``: it is): another run's
+    arguments, or not a results file.  Flags a file lacks (written before they existed) are not compared."""
+    try:
+        with open(one.results_file, encoding="utf-8") as f:
+            written = json.load(f).get("args")
+    except (OSError, ValueError, AttributeError):
+        written = None
+    if not isinstance(written, dict):
+        return "it is not a results file"
+    ours = vars(one)
+    differing = [f"--{k} {canonical(ours[k])} (the file's: {canonical(written[k])})" for k in sorted(ours)
+                 if k not in NOT_IDENTITY and k in written and canonical(written[k]) != canonical(ours[k])]
+    return f"it holds another run's results: {', '.join(differing)}" if differing else None
+
+
+def already_finished(prog: str, runs: list) -> Optional[int]:
+    """The exit code of a command whose results files exist (``None``: go ahead): results are never
+    overwritten silently.  This run's, all there: it is finished, said in one line, exit 0.  Another run's,
+    or some of a --seeds process's: one line naming them, exit 2."""
+    done = [one for one in runs if finished(one)]
+    if not done:
+        return None
+    for one in done:
+        why = other_run(one)
+        if why:
+            print(f"{prog}: error: {os.path.abspath(one.results_file)} exists and {why}; give another "
+                  f"--results_file, or --overwrite 1 to replace it", file=sys.stderr)
+            return 2
+    first = os.path.abspath(done[0].results_file)
+    more = f" (and {len(done) - 1} more)" if len(done) > 1 else ""
+    if len(done) == len(runs):
+        print(f"results exist: {first}{more}: this configuration is finished, not run again (--overwrite 1 runs "
+              f"it again and replaces them)", flush=True)
+        return 0
+    print(f"{prog}: error: {len(done)} of the {len(runs)} seeds' results exist ({first}{more}): give --seeds "
+          f"with the others only, or --overwrite 1", file=sys.stderr)
+    return 2
+
+
 def run_entry(prog: str, args, experiment: Callable[[object], Optional[object]],
               headline: Callable[[object, dict], str], writes: bool = True) -> int:
     """Run ``experiment(args)`` as a command: the exit code (0, 2: bad input, 130: interrupted).
@@ -76,8 +128,11 @@ def run_entry(prog: str, args, experiment: Callable[[object], Optional[object]],
     that does not write them; ``headline(args, results)`` is the one line printed for a run at the end.
     The folders a failed run created for its outputs are removed again if left empty.
     """
-    previous = signal.signal(signal.SIGTERM, raise_interrupt)
     runs = output_runs(args) if writes else []
+    code = None if getattr(args, "overwrite", 0) else already_finished(prog, runs)
+    if code is not None:
+        return code
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
     created = created_folders(runs)
     try:
         for one in runs:

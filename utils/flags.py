@@ -17,7 +17,8 @@ import re
 from typing import Dict, Optional
 
 OPERATIONAL_FLAGS = frozenset({
-    "results_file", "results_dir", "checkpoint_dir", "checkpoint_every", "resume", "data_path", "rebuild_cache",
+    "results_file", "results_dir", "checkpoint_dir", "checkpoint_every", "resume", "overwrite", "data_path",
+    "rebuild_cache",
     "device", "num_threads", "deterministic",
     "nowand", "wandb_project", "wandb_entity", "wandb_name",
 })

@@ -16,7 +16,7 @@ from utils.flags import DATA_PATH_ENV, fill_name, results_name
 
 RUN_DEFAULTS = {
     "seed": 0, "device": None, "data_path": "data", "results_file": None, "results_dir": None,
-    "checkpoint_dir": None, "resume": False,
+    "checkpoint_dir": None, "resume": False, "overwrite": 0,
     "nowand": 0, "wandb_project": None, "wandb_entity": None, "wandb_name": None,
 }
 
@@ -38,6 +38,9 @@ def add_run_flags(parser: argparse.ArgumentParser, stage: str, results_help: str
                    "{name} in it is replaced by the run's results name (sweep files: each run its own folder)")
     r.add_argument("--resume", type=switch, nargs="?", const=True, metavar="{0,1}",
                    help=f"continue from the last {stage} saved in --checkpoint_dir (a fresh start when there is none)")
+    r.add_argument("--overwrite", type=binary, metavar="{0,1}",
+                   help="1: run again and replace an existing results file; 0 (default): a run whose results "
+                        "file exists is finished, so it says so and exits 0 (as the grid runner skips it)")
     w = parser.add_argument_group("wandb (on when a project is given, by flag or WANDB_PROJECT)")
     w.add_argument("--nowand", type=binary, metavar="{0,1}", help="1 disables wandb logging")
     w.add_argument("--wandb_project", metavar="NAME", help="wandb project (default: $WANDB_PROJECT; none: no logging)")

@@ -58,6 +58,7 @@ class Run:
     validation: Optional[Split] = None  # --validation: held out of ``train``
     class_order: Optional[list] = None  # --class_order: label l is original class class_order[l]
     stream: dict = field(default_factory=dict)  # realised noise rate and blurry shares (utils.stream_protocol)
+    data: dict = field(default_factory=dict)  # where the data came from (ContinualDataset.provenance)
 
 
 def prepare_splits(args, dataset: ContinualDataset, device: torch.device) -> tuple:
@@ -94,10 +95,14 @@ def build_run(args, dataset: ContinualDataset | None = None) -> Run:
         torch.backends.cudnn.deterministic = bool(args.deterministic)
     seed_everything(args.seed)
     if dataset is None:
-        dataset = get_dataset_class(args.dataset)(args.data_path, rebuild_cache=bool(args.rebuild_cache))
+        dataset = get_dataset_class(args.dataset)(args.data_path, rebuild_cache=bool(args.rebuild_cache),
+                                                  synthetic=bool(getattr(args, "synthetic", 0)))
     # Normalisation constants on the device once: a per-batch host-to-device copy would synchronise.
     transform = dataset.TRANSFORM.to(device)
     train, validation, test, perm = prepare_splits(args, dataset, device)
+    data = dataset.provenance()
+    if data["warning"]:
+        print(f"warning: {data['warning']}", flush=True)
     train, stream = stream_splits(args, dataset, train, perm)  # --noise_rate, --blurry (no-ops by default)
     if getattr(args, "buffer_size", 0):
         # inputs as stored, an int64 label and float32 logits over every class (the most a method stores)
@@ -120,7 +125,7 @@ def build_run(args, dataset: ContinualDataset | None = None) -> Run:
     return Run(args, dataset, model, train, test, task_of_class,
                make_generator(args.seed, "data-order", device), augment_generator, transform,
                min_batch=2 if model.bn_layers else 1, validation=validation,
-               class_order=None if perm is None else perm.tolist(), stream=stream)
+               class_order=None if perm is None else perm.tolist(), stream=stream, data=data)
 
 
 @torch.no_grad()
@@ -398,10 +403,17 @@ def run_experiment(args, progress: ProgressBar | None = None, log=print, callbac
     return outcome.results
 
 
+def data_fields(run: Run) -> dict:
+    """The results' ``data``: the source (``ContinualDataset.provenance``) and the samples of every task the
+    run trained and was tested on (after --validation and --debug_mode took theirs)."""
+    per_task = lambda split: torch.bincount(split.task, minlength=run.dataset.N_TASKS).tolist()
+    return {**run.data, "train_per_task": per_task(run.train), "test_per_task": per_task(run.test)}
+
+
 def is_partial(args, n_tasks: int) -> bool:
     """A run shortened on purpose (``--debug_mode``, ``--max_steps_per_task``, ``--n_tasks`` below the
     benchmark's): its numbers are not the protocol's, so summaries keep it apart."""
-    return bool(args.debug_mode or args.max_steps_per_task is not None
+    return bool(args.debug_mode or getattr(args, "synthetic", 0) or args.max_steps_per_task is not None
                 or (args.n_tasks is not None and args.n_tasks < n_tasks))
 
 
@@ -454,6 +466,7 @@ def make_results(run: Run, history: dict, wall_time_s: float, origin: Optional[d
                    "samples": {"train": len(run.train.y), "validation": 0 if run.validation is None else
                                len(run.validation.y), "test": len(run.test.y)}},
         "class_order": history["class_order"],
+        "data": data_fields(run),
         "partial": is_partial(args, n_tasks),
         "n_steps": history["n_steps"],
         "train_time_s": history["train_time_s"],

@@ -7,6 +7,7 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
+from datasets.utils.provenance import describe_files, size_warning, synthetic_arrays, synthetic_sizes
 from datasets.utils.transforms import DeviceTransform
 from utils.errors import DataError
 from utils.seeding import derive_seed
@@ -60,10 +61,14 @@ class ContinualDataset:
     LR_GAMMA: float = 0.1
     DOMAIN_IL: bool = False  # tasks are domains over one set of classes: no masking, Task-IL undefined
     ASYMMETRIC_NOISE: Optional[dict] = None  # --noise_type asym: class -> the class it is mislabelled as
+    CANONICAL_SAMPLES: Optional[Tuple[int, int]] = None  # the published files' training and test samples
+    EMBEDDED: bool = False  # the data come with an installed package (no files of the project's)
 
-    def __init__(self, data_path: str, rebuild_cache: bool = False):
+    def __init__(self, data_path: str, rebuild_cache: bool = False, synthetic: bool = False):
         self.data_path = data_path
         self.rebuild_cache = rebuild_cache
+        self.synthetic = synthetic  # --synthetic 1: generated data of the benchmark's shapes, no files
+        self.loaded: Optional[Tuple[int, int]] = None  # training and test samples of the splits read
 
     @property
     def num_classes(self) -> int:
@@ -73,12 +78,43 @@ class ContinualDataset:
         """The full train and test splits as the benchmark's files hold them."""
         raise NotImplementedError
 
+    def source_paths(self) -> Optional[list]:
+        """The files or folders ``read_splits`` reads (for the results' data provenance); ``None``: not said."""
+        return None
+
+    def synthetic_splits(self) -> Tuple[Split, Split]:
+        """``--synthetic 1``: generated images of the benchmark's shape, value range and classes."""
+        per_class = synthetic_sizes(self.num_classes, self.INPUT_SHAPE)
+        top = min(255, int(self.TRANSFORM.scale))
+        return tuple(Split(*synthetic_arrays(self.num_classes, self.INPUT_SHAPE, top, n, stream))
+                     for stream, n in enumerate(per_class))
+
     def load_splits(self) -> Tuple[Split, Split]:
         """The train and test splits; ``DataError`` when a label or a task is wrong (see ``check_split``)."""
-        train, test = self.read_splits()
+        train, test = self.synthetic_splits() if self.synthetic else self.read_splits()
         self.check_split(train, "training")
         self.check_split(test, "test")
+        self.loaded = (len(train.y), len(test.y))
         return train, test
+
+    def provenance(self) -> dict:
+        """Where the splits ``load_splits`` returned came from (call it after): ``source`` "synthetic",
+        "embedded", "files" (with the files, their bytes and content hash) or "undeclared", the samples
+        read, the benchmark's canonical numbers and a ``warning`` when they differ."""
+        if self.synthetic:
+            out = {"source": "synthetic"}
+        elif self.EMBEDDED:
+            out = {"source": "embedded"}
+        elif self.source_paths() is None:
+            out = {"source": "undeclared"}
+        else:
+            out = describe_files(self.source_paths())
+        loaded = self.loaded
+        canonical = None if self.synthetic else self.CANONICAL_SAMPLES
+        out.update(samples_read={"train": loaded and loaded[0], "test": loaded and loaded[1]},
+                   canonical_samples=None if canonical is None else {"train": canonical[0], "test": canonical[1]},
+                   warning=None if loaded is None else size_warning(self.NAME, loaded, canonical))
+        return out
 
     def check_split(self, split: Split, name: str) -> None:
         """Refuse labels outside the benchmark's classes and tasks that have no sample in ``split``."""

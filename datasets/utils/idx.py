@@ -56,9 +56,11 @@ def _parse(path: str, f) -> np.ndarray:
     expected = math.prod(shape)
     data = _read_up_to(f, expected + 1)  # one byte more reveals data beyond what the header declares
     if len(data) != expected:
-        found = "more" if len(data) > expected else f"{len(data)}"
-        raise DataError(f"{path} is corrupt: {found} bytes of data where its header "
-                        f"({' x '.join(map(str, shape))}) implies {expected}")
+        item = math.prod(shape[1:])
+        found = f"more than {expected}" if len(data) > expected else f"{len(data)}"
+        raise DataError(f"{path} is corrupt: its header ({' x '.join(map(str, shape))}) implies {shape[0]} items "
+                        f"of {item} byte{'s' * (item != 1)}, {expected} bytes of data, but the file holds {found} "
+                        f"bytes of data")
     return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 

@@ -11,6 +11,7 @@ from utils.cli import OneLineParser
 from utils.errors import UserError
 from utils.flags import DATA_PATH_ENV
 from utils.grid import claims, slurm
+from utils.grid.check import valid_runs
 from utils.grid.local import run_grid
 from utils.grid.packs import PACK_AUTO_MAX, form_packs, pack_size, packable
 from utils.grid.processes import chosen_devices, device_slots
@@ -85,6 +86,10 @@ def main(argv: Optional[list] = None) -> int:
     p.add_argument("--data_path", help=f"every run's --data_path (default: ${DATA_PATH_ENV}, else the sweep's "
                                        f"or the program's)")
     p.add_argument("--dry_run", action="store_true", help="print the commands of the runs still to do and exit")
+    p.add_argument("--skip_invalid", action="store_true",
+                   help="every pending run's command is first parsed as its program would parse it; by default one "
+                        "refused run stops the grid before anything starts (one line per distinct error); with "
+                        "--skip_invalid the other runs go ahead")
     args = p.parse_args(argv)
     if args.jobs is not None and args.jobs < 1:
         p.error(f"--jobs must be at least 1, got {args.jobs}")
@@ -97,6 +102,10 @@ def main(argv: Optional[list] = None) -> int:
                     extra=extra, data_path=data_path)
     except UserError as exc:
         print(f"utils.grid: error: {exc}", file=sys.stderr)
+        return 2
+    runs = valid_runs(runs, [run for run in runs if not os.path.exists(run.results_file)], args.skip_invalid,
+                      sys.stderr)
+    if runs is None:
         return 2
     if args.slurm and not args.slurm_local:
         gpus, on_gpus = [], args.slurm_gpus_per_task > 0  # each array task has GPUs of its own

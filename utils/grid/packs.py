@@ -4,14 +4,12 @@ checkpoint and log; a configuration ``main.py`` refuses to stack (checked in-pro
 seed."""
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 from typing import Dict, List, Optional, Union
 
-from utils.args import parse_args
 from utils.errors import UserError
 from utils.flags import canonical
+from utils.grid.check import refusal
 from utils.grid.runs import GridPack, GridRun, Unit
 from utils.grid.sweep import runner_flags
 from utils.seeds import for_seed
@@ -88,15 +86,11 @@ def pack_refusal(members: List[GridRun]) -> Optional[str]:
         pack = make_pack(members)
     except UserError as exc:
         return str(exc)
-    argv = pack.argv[pack.argv.index(members[0].program) + 1:]
-    said = io.StringIO()
+    why, args = refusal(PACKED_PROGRAM, pack.argv[pack.argv.index(members[0].program) + 1:])
+    if why is not None:
+        return why
     try:
-        with contextlib.redirect_stderr(said), contextlib.redirect_stdout(io.StringIO()):
-            args = parse_args(argv)
         check_stackable(args, args.seeds)
-    except SystemExit:
-        lines = said.getvalue().strip().splitlines() or ["main.py refused the packed command"]
-        return lines[-1].replace(f"{PACKED_PROGRAM}: error: ", "")
     except UserError as exc:
         return str(exc)
     return None

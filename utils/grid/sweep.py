@@ -38,10 +38,10 @@ def load_sweep(path: str) -> dict:
     return sweep
 
 
-def parameter_values(path: str, sweep: dict) -> Dict[str, list]:
-    """Each parameter's list of values, in file order."""
+def parameter_values(path: str, sweep: dict, block: str = "parameters") -> Dict[str, list]:
+    """Each parameter's list of values, in file order (of ``parameters``, or of a ``per_model`` entry)."""
     values = {}
-    for name, spec in sweep["parameters"].items():
+    for name, spec in sweep[block].items():
         if isinstance(spec, dict) and "value" in spec:
             values[name] = [spec["value"]]
         elif isinstance(spec, dict) and isinstance(spec.get("values"), list) and spec["values"]:
@@ -52,12 +52,49 @@ def parameter_values(path: str, sweep: dict) -> Dict[str, list]:
     return values
 
 
+def per_model_values(path: str, sweep: dict, values: Dict[str, list]) -> Dict[str, Dict[str, list]]:
+    """The ``per_model:`` block: method name -> {parameter: values} for the runs of that method only (the
+    method is the ``model`` parameter, or ``method`` for main_lt.py sweeps)."""
+    block = sweep.get("per_model") or {}
+    if not isinstance(block, dict):
+        raise UserError(f"{path}: 'per_model' must map method names to parameters")
+    key = "model" if "model" in values else "method"
+    methods = {str(v) for v in values.get(key, [])}
+    out = {}
+    for method, params in block.items():
+        if str(method) not in methods:
+            raise UserError(f"{path}: per_model {method!r} is not one of the sweep's {key} values "
+                            f"({', '.join(sorted(methods)) or 'none'})")
+        if not isinstance(params, dict) or not params:
+            raise UserError(f"{path}: per_model {method!r} must be a non-empty mapping of parameters")
+        if key in params or set(params) & set(RUNNER_FLAGS):
+            raise UserError(f"{path}: per_model {method!r} may not set {key} or the runner's flags")
+        out[str(method)] = parameter_values(path, {"p": params}, "p")
+    return out
+
+
 def expand(sweep: dict, path: str = "sweep", overrides: Optional[Dict[str, list]] = None) -> List[Dict[str, object]]:
     """All combinations of the parameter values; the last parameter varies fastest, as in wandb's grid.
 
-    ``overrides`` (``--set``) replaces a parameter's values, or adds the parameter after the sweep's."""
+    ``overrides`` (``--set``) replaces a parameter's values, or adds the parameter after the sweep's; a
+    ``per_model`` entry then replaces (or adds) values for the runs of its method only, combinations it
+    makes identical counted once."""
     values = {**parameter_values(path, sweep), **(overrides or {})}
-    return [dict(zip(values, combo)) for combo in itertools.product(*values.values())]
+    combos = [dict(zip(values, combo)) for combo in itertools.product(*values.values())]
+    per_model = per_model_values(path, sweep, values)
+    if not per_model:
+        return combos
+    key = "model" if "model" in values else "method"
+    out, seen = [], set()
+    for combo in combos:
+        own = per_model.get(str(combo.get(key)), {})
+        for chosen in itertools.product(*own.values()):
+            run = {**combo, **dict(zip(own, chosen))}
+            identity = tuple(sorted((k, canonical(v)) for k, v in run.items()))
+            if identity not in seen:
+                seen.add(identity)
+                out.append(run)
+    return out
 
 
 def _typed(text: str):
@@ -162,7 +199,8 @@ def plan(sweep_path: str, results_dir: str, interpreter: str = sys.executable, c
         if name in combos[0]:
             raise UserError(f"extra flag --{name} is a parameter of {sweep_path}: give --set {name}=VALUE "
                             f"to change its values" + (" (or --data_path)" if name == "data_path" else ""))
-    varying = [k for k in combos[0] if len({canonical(c[k]) for c in combos}) > 1]
+    keys = list(dict.fromkeys(k for c in combos for k in c))
+    varying = [k for k in keys if len({canonical(c.get(k)) for c in combos}) > 1]
     runs, seen = [], set()
     for params in combos:
         # The runner places results and checkpoints itself: a sweep's results_dir, checkpoint_dir and resume
@@ -175,7 +213,7 @@ def plan(sweep_path: str, results_dir: str, interpreter: str = sys.executable, c
         results_file = os.path.join(results_dir, name + ".json")
         command = render_command(sweep.get("command") or DEFAULT_COMMAND, program, params, interpreter) + extra
         checkpoint_dir = os.path.join(results_dir, "checkpoints", name) if checkpoints else None
-        runs.append(GridRun(params, " ".join(f"{k}={params[k]}" for k in varying) or name, results_file,
+        runs.append(GridRun(params, " ".join(f"{k}={params[k]}" for k in varying if k in params) or name, results_file,
                             os.path.join(results_dir, "logs", name + ".log"),
                             command + runner_flags(results_file, checkpoint_dir), checkpoint_dir, command, program))
     return runs

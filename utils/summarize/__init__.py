@@ -5,8 +5,13 @@ head), columns final Class-IL / Task-IL accuracy, forgetting and backward
 transfer in both settings; cells "mean ± std (n seeds)".  The method is the
 model name with "+M" when the masked softmax was on; the head is the
 classifier, with any head-owned flag that differs from its default (e.g.
-``fno fno_scale=0``).  Every fixed head (``FIXED`` in ``backbone.heads``) is
-compared with FC in a paired row, e.g. "FNO - FC": runs with the same seed
+``fno fno_scale=0``).  A cell holds one configuration: runs that differ in any
+flag but the seed and the operational ones are different rows, the method
+label showing the differing values (``er+M lr=0.01``), never averaged; a seed
+twice in one configuration is an error (``configs``; ``--group_by`` /
+``--ignore`` choose the defining flags).  Every head but FC, fixed or
+learnable, is compared with FC in a paired row, e.g. "FNO - FC", pairing only
+runs of otherwise identical configurations: runs with the same seed
 share the data order, the initialisation of every shared layer and the buffer
 draws, so the per-seed differences d_i = HEAD_i - FC_i over the seeds both have
 are what is compared: their mean, its 95% confidence interval
@@ -30,12 +35,13 @@ tables go to DIR (default ``results/wandb/ENTITY-PROJECT[-ID]``).
 
 Every ``*.json`` under DIR is read (``utils.summarize.results``); a file that cannot be
 read, is not a results file or lacks a field is reported by name and left out.
-The tables are printed and written beside the results as ``summary.csv`` (one
+The tables are printed at most 120 characters wide (wide metrics follow in a
+second part; ``--columns`` picks the metrics printed) and written beside the results as ``summary.csv`` (one
 numeric row per cell) and ``summary.md``.
 
 The package: ``results`` (the one reader of results files), ``tables``
 (statistics, tables, LaTeX), ``plots`` (the shared figure style),
-``figures`` (the summary's plots), ``command`` (this command) and
+``figures`` (the summary's plots), ``configs`` (which runs share a cell), ``command`` (this command) and
 ``collapse`` (``python -m utils.summarize.collapse``: runs' neural-collapse
 metrics side by side).  No run imports this package: it reads what runs wrote.
 """

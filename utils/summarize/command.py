@@ -12,12 +12,14 @@ from utils.cli import OneLineParser
 from utils.io import atomic_write_bytes
 from utils.summarize import plots
 from utils.summarize.figures import draw_plots
-from utils.summarize.results import read_directory, read_wandb
-from utils.summarize.tables import (cl_statistics, cl_tables, fixed_heads, head_flag_names, lt_statistics, lt_tables,
-                                    select_on_validation, swept_flags, to_latex, to_markdown, warn_mixed_settings,
-                                    warn_unpaired, _flat_columns)
+from utils.summarize.configs import ConfigurationError, configurations, filled_identity
+from utils.summarize.results import CL_METRICS, LT_EPOCHS, LT_METRICS, read_directory, read_wandb
+from utils.summarize.tables import (cl_statistics, cl_tables, fit_width, head_flag_names, lt_statistics, lt_tables,
+                                    paired_heads, select_on_validation, swept_flags, to_latex, to_markdown,
+                                    _flat_columns)
 from utils.wandb_logger import one_line
 
+TERMINAL_WIDTH = 120  # the printed tables are cut into parts no wider than this
 DESCRIPTION = "The tables of a directory of results files: python -m utils.summarize DIR [--plots OUT] [--latex OUT.tex]."
 
 
@@ -39,16 +41,29 @@ class SelectionError(Exception):
     """--select_on validation cannot be done: the message is the one line to print."""
 
 
+def _print_table(report, table: pd.DataFrame, columns: Optional[List[str]]) -> None:
+    """The table, only ``columns`` when given, cut into parts that fit the terminal."""
+    if columns:
+        table = table[[c for c in table.columns if (c if isinstance(c, str) else " ".join(c)) in columns]]
+    for i, part in enumerate(fit_width(table, TERMINAL_WIDTH)):
+        report(("" if i == 0 else "\n") + _flat_columns(part).to_string())
+
+
 def summarize_part(records: List[dict], report, select_on: Optional[str] = None, plots_dir: Optional[str] = None,
-                   latex: Optional[str] = None, title: str = "") -> tuple:
-    """Print the tables of one set of runs (full, or partial); returns (numeric rows, Markdown sections)."""
+                   latex: Optional[str] = None, title: str = "", group_by: Optional[List[str]] = None,
+                   ignore: tuple = (), columns: Optional[List[str]] = None) -> tuple:
+    """Print the tables of one set of runs (full, or partial); returns (numeric rows, Markdown sections).
+    ``group_by`` / ``ignore``: the flags that define a configuration (``utils.summarize.configs``);
+    ``columns``: the metrics printed (all are written)."""
     frames = _frames(records)
     cl, lt = frames["cl"], frames["long-tail"]
     suffix = f" ({title})" if title else ""
     markdown, numeric = [], []
     cl_stats = lt_stats = None
-    fixed = fixed_heads()
-    ignore = {"classifier"} | head_flag_names()
+    head_keys = {"classifier"} | head_flag_names()
+    ignore = set(ignore)
+    if not cl.empty:
+        cl = cl.assign(identity=[filled_identity(i) for i in cl["identity"]])
     if not cl.empty and select_on == "validation":
         validated = cl["val_class_il"].notna()
         if not validated.any():
@@ -59,16 +74,15 @@ def summarize_part(records: List[dict], report, select_on: Optional[str] = None,
                    f"validation")
         if validated.any():
             cl = select_on_validation(cl[validated], report)
-            ignore |= {k for model in cl["model"].unique() for k in swept_flags(model)}
+            ignore |= {k for model in cl["model"].unique() for k in swept_flags(model)}  # chosen per head
     if not cl.empty:
-        warn_mixed_settings(cl, ["dataset", "buffer", "method", "head"], report)
-        warn_unpaired(cl, fixed, ignore, report)
-        cl_stats = cl_statistics(cl, fixed)
+        cl = configurations(cl, ["dataset", "buffer", "method"], head_keys, group_by, ignore)
+        cl_stats = cl_statistics(cl, paired_heads())
         numeric.append(cl_stats.assign(setting="continual"))
         for (dataset, buffer), table in cl_tables(cl_stats).items():
             report(f"\n{dataset}, buffer {buffer}{suffix}: mean ± std (n seeds); HEAD - FC: paired mean difference "
                    f"[95% CI] p (n pairs)")
-            report(table.to_string())
+            _print_table(report, table, columns)
             markdown.append(f"## {dataset}, buffer {buffer}{suffix}\n\n{to_markdown(table)}\n")
         if latex:
             atomic_write_bytes(latex, to_latex(cl_stats).encode())
@@ -76,13 +90,13 @@ def summarize_part(records: List[dict], report, select_on: Optional[str] = None,
     elif latex:
         report(f"no LaTeX table{suffix}: no continual-learning runs")
     if not lt.empty:
-        warn_mixed_settings(lt, ["dataset", "imbalance_ratio", "method"], report)
+        lt = configurations(lt, ["dataset", "imbalance_ratio", "method"], (), group_by, ignore)
         lt_stats = lt_statistics(lt)
         numeric.append(lt_stats.assign(setting="long-tail"))
         for (dataset, ratio), table in lt_tables(lt_stats).items():
             report(f"\nlong-tail {dataset}, ratio {ratio}{suffix}: accuracy mean ± std (n seeds); final epoch (the "
                    f"headline) and best epoch (selected on the test set: optimistic)")
-            report(_flat_columns(table).to_string())
+            _print_table(report, table, columns)
             markdown.append(f"## long-tail {dataset}, ratio {ratio}{suffix}\n\n{to_markdown(table)}\n")
     if plots_dir:
         if not plots.available():
@@ -95,12 +109,14 @@ def summarize_part(records: List[dict], report, select_on: Optional[str] = None,
 
 def summarize(directory: str, plots_dir: Optional[str] = None, latex: Optional[str] = None,
               select_on: Optional[str] = None, include_partial: bool = False, out=None,
-              records: Optional[List[dict]] = None, source: Optional[str] = None) -> int:
+              records: Optional[List[dict]] = None, source: Optional[str] = None,
+              group_by: Optional[List[str]] = None, ignore: tuple = (), columns: Optional[List[str]] = None) -> int:
     """Print (to ``out``, default stdout) and write the tables into ``directory``; return the number of
     results used.  The results are the files under ``directory``, or ``records`` when given (read from
     elsewhere, e.g. ``read_wandb``; ``source`` names where for the messages).
 
-    Raises ``SelectionError`` when ``select_on`` cannot be done."""
+    Raises ``SelectionError`` when ``select_on`` cannot be done, ``ConfigurationError`` when a seed appears
+    twice in one configuration."""
     report = lambda line: print(line, file=out or sys.stdout, flush=True)
     if records is None:
         records = read_directory(directory, report)
@@ -126,7 +142,8 @@ def summarize(directory: str, plots_dir: Optional[str] = None, latex: Optional[s
                              f"has a 'validation' field (run with --validation PCT)")
     numeric, markdown = [], []
     for runs, title, part_plots, part_latex in parts:
-        part_numeric, part_markdown = summarize_part(runs, report, select_on, part_plots, part_latex, title)
+        part_numeric, part_markdown = summarize_part(runs, report, select_on, part_plots, part_latex, title,
+                                                      group_by, ignore, columns)
         numeric += [frame.assign(partial=bool(title)) for frame in part_numeric]
         markdown += part_markdown
     csv = pd.concat(numeric, ignore_index=True).to_csv(index=False)
@@ -134,6 +151,14 @@ def summarize(directory: str, plots_dir: Optional[str] = None, latex: Optional[s
     atomic_write_bytes(os.path.join(directory, "summary.md"), "\n".join(markdown).encode())
     report(f"\nwrote {os.path.join(directory, 'summary.csv')} and {os.path.join(directory, 'summary.md')}")
     return sum(len(runs) for runs, *_ in parts)
+
+
+def _names(text: str) -> list:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _lt_columns() -> list:
+    return [(epoch, metric) for epoch in LT_EPOCHS for metric in LT_METRICS]
 
 
 def main(argv: Optional[list] = None, api=None) -> int:
@@ -153,7 +178,19 @@ def main(argv: Optional[list] = None, api=None) -> int:
                         "flags) with the best mean validation Class-IL and report their test accuracy")
     p.add_argument("--include_partial", action="store_true",
                    help="also summarize runs marked partial (debug / smoke runs), apart from the full runs")
+    p.add_argument("--group_by", type=_names, metavar="FLAG,...",
+                   help="only these flags (and the benchmark, buffer, method and head) define a configuration; "
+                        "default: every flag but the seed and the operational ones")
+    p.add_argument("--ignore", type=_names, metavar="FLAG,...", default=(),
+                   help="flags that do not define a configuration: runs differing only in them share a cell "
+                        "(a seed may still appear only once per cell)")
+    p.add_argument("--columns", type=_names, metavar="METRIC,...",
+                   help="print only these metrics (e.g. Class-IL,Task-IL); all are written to summary.csv/.md")
     args = p.parse_args(argv)
+    known = set(CL_METRICS) | {" ".join(c) for c in _lt_columns()}
+    if args.columns and set(args.columns) - known:
+        p.error(f"--columns {','.join(sorted(set(args.columns) - known))}: not a metric "
+                f"(valid: {', '.join(sorted(known))})")
     records = source = None
     if args.wandb:
         if args.wandb.count("/") != 1 or not all(args.wandb.split("/")):
@@ -178,8 +215,9 @@ def main(argv: Optional[list] = None, api=None) -> int:
         p.error(f"{args.directory} is not a directory")
     try:
         used = summarize(args.directory, args.plots, args.latex, args.select_on, args.include_partial,
-                         records=records, source=source)
-    except SelectionError as exc:
+                         records=records, source=source, group_by=args.group_by, ignore=args.ignore,
+                         columns=args.columns)
+    except (SelectionError, ConfigurationError) as exc:
         print(f"{p.prog}: error: {exc}", file=sys.stderr)
         return 2
     return 0 if used else 1

@@ -57,9 +57,9 @@ def paired_comparison(differences: List[float], level: float = 0.95) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Heads and configurations.
 
-def fixed_heads() -> set:
-    """The registered heads whose class matrix is fixed: each is paired against FC."""
-    return {name for name in head_names() if get_head_class(name).FIXED}
+def paired_heads() -> set:
+    """The registered heads paired against FC: every one but FC, fixed or learnable."""
+    return set(head_names()) - {BASELINE_HEAD}
 
 
 def head_flag_names() -> set:
@@ -119,34 +119,6 @@ def select_on_validation(frame: pd.DataFrame, report=print) -> pd.DataFrame:
     return pd.concat(chosen).drop(columns=["_config", "_setting"])
 
 
-def warn_mixed_settings(frame: pd.DataFrame, cell: List[str], report=print) -> None:
-    """Report cells whose runs differ in anything but the seed: they are averaged together."""
-    for key, group in frame.groupby(cell, sort=True):
-        identities = group["identity"].tolist()
-        differing = sorted(k for k in set().union(*identities) if len({repr(i.get(k)) for i in identities}) > 1)
-        if differing:
-            report(f"warning: the runs of {dict(zip(cell, key))} differ in {', '.join(differing)}; "
-                   f"they are averaged together (--select_on validation picks one setting per configuration)")
-
-
-def warn_unpaired(frame: pd.DataFrame, fixed: set, ignore: set, report=print) -> None:
-    """Report head/FC pairs (same cell and seed) that differ in more than the head (and ``ignore``)."""
-    keys = ["dataset", "buffer", "method", "seed"]
-    for key, group in frame.groupby(keys, sort=True):
-        by_head = {row.head: row.identity for row in group.itertuples()}
-        if BASELINE_HEAD not in by_head:
-            continue
-        fc = by_head[BASELINE_HEAD]
-        for head, identity in sorted(by_head.items()):
-            if head.split()[0] not in fixed:
-                continue
-            differing = sorted(k for k in set(fc) | set(identity)
-                               if k not in ignore and fc.get(k) != identity.get(k))
-            if differing:
-                report(f"warning: the FC and {head} runs of {dict(zip(keys, key))} also differ in "
-                       f"{', '.join(differing)}: not a clean paired comparison")
-
-
 # ----------------------------------------------------------------------------------------------
 # Tables.
 
@@ -158,9 +130,10 @@ def _std(values: pd.Series) -> float:
     return float(values.std(ddof=1)) if len(values) > 1 else math.nan
 
 
-def cl_statistics(frame: pd.DataFrame, fixed: set) -> pd.DataFrame:
-    """One numeric row per (dataset, buffer, method, row, metric): each head's mean/std/n and each fixed
-    head's paired difference from FC (``delta`` True)."""
+def cl_statistics(frame: pd.DataFrame, paired: set) -> pd.DataFrame:
+    """One numeric row per (dataset, buffer, method, row, metric): each head's mean/std/n and each
+    ``paired`` head's paired difference from FC (``delta`` True).  ``method`` names one configuration
+    but the head (``utils.summarize.configs``), so a pair is two runs that differ in the head alone."""
     rows = []
     for (dataset, buffer, method), group in frame.groupby(["dataset", "buffer", "method"], sort=False):
         heads = sorted(group["head"].unique(), key=head_order)
@@ -173,7 +146,7 @@ def cl_statistics(frame: pd.DataFrame, fixed: set) -> pd.DataFrame:
                                      std=_std(values), n=len(values)))
             per_seed = group.groupby(["seed", "head"])[metric].mean().unstack("head")
             for head in heads:
-                if head.split()[0] not in fixed or BASELINE_HEAD not in per_seed.columns:
+                if head.split()[0] not in paired or BASELINE_HEAD not in per_seed.columns:
                     continue
                 pairs = per_seed[[BASELINE_HEAD, head]].dropna()
                 if len(pairs):
@@ -246,6 +219,23 @@ def lt_tables(stats: pd.DataFrame) -> Dict[tuple, pd.DataFrame]:
         table.columns.names = [None, None]
         tables[(dataset, ratio)] = table
     return tables
+
+
+def fit_width(table: pd.DataFrame, width: int) -> List[pd.DataFrame]:
+    """``table`` cut into tables of consecutive columns, each printed at most ``width`` characters wide
+    (every part keeps the row labels; a column wider than ``width`` alone is a part of its own)."""
+    parts, columns = [], list(table.columns)
+    while columns:
+        n = 1
+        while n < len(columns) and _printed_width(table[columns[:n + 1]]) <= width:
+            n += 1
+        parts.append(table[columns[:n]])
+        columns = columns[n:]
+    return parts
+
+
+def _printed_width(table: pd.DataFrame) -> int:
+    return max(len(line) for line in _flat_columns(table).to_string().splitlines())
 
 
 def to_markdown(table: pd.DataFrame) -> str:
