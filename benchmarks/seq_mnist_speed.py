@@ -135,7 +135,7 @@ def default_models(buffer_size: int) -> list:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     p.add_argument("--data_path", default="data")
     p.add_argument("--device", default="cpu")
     p.add_argument("--models", nargs="+", default=None, help="methods, comma- or space-separated (default: all)")

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 
 from utils import io  # its functions are looked up at call time, so that tests can simulate a full disk
 from utils.errors import UserError
-from utils.io import absent_folders, check_writable_dir, check_writable_file, remove_empty_folders
+from utils.io import absent_folders, check_writable_dir, check_writable_file, discards, remove_empty_folders
 from utils.runlock import run_lock
 from utils.seeds import seed_args
 
@@ -82,13 +82,16 @@ def run_entry(prog: str, args, experiment: Callable[[object], Optional[object]],
     try:
         for one in runs:
             check_outputs(one)
-        with run_lock(*[place for one in runs for place in (one.results_file, one.checkpoint_dir)]):
+        places = [place for one in runs for place in (one.results_file, one.checkpoint_dir)]
+        with run_lock(*[place for place in places if place and not discards(place)]):  # /dev/null: no lock
             results = experiment(args)  # one process per run, or a one-line refusal
             if results is not None:
                 several = len(runs) > 1 or getattr(args, "seeds", None)
                 for one, result in zip(runs, results if several else [results]):
                     print((f"seed {one.seed}: " if several else "") + headline(one, result), flush=True)
-                    if one.results_file:
+                    if one.results_file and discards(one.results_file):
+                        print(f"Results discarded (--results_file {one.results_file})", flush=True)
+                    elif one.results_file:
                         save_results(one, result)
                         print(f"Results written to {os.path.abspath(one.results_file)}", flush=True)
     except UserError as exc:

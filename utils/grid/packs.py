@@ -88,6 +88,8 @@ def pack_refusal(members: List[GridRun]) -> Optional[str]:
         pack = make_pack(members)
     except UserError as exc:
         return str(exc)
+    if members[0].program not in pack.argv:
+        return "the sweep's command does not name its program (${program})"
     argv = pack.argv[pack.argv.index(members[0].program) + 1:]
     said = io.StringIO()
     try:
