@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import stat
 import tempfile
@@ -148,6 +149,20 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
 
 def write_json_atomic(path: str, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=1, allow_nan=False) + "\n").encode())
+
+
+def finite_only(obj, where: str = ""):
+    """``obj`` with every NaN or infinity replaced by ``None`` (JSON has no such numbers), and the places
+    replaced (e.g. ``validation.class_il``), so a finished run's results are never lost to one of them."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None, [where or "the value"]
+    if isinstance(obj, dict):
+        pairs = [(k, finite_only(v, f"{where}.{k}" if where else str(k))) for k, v in obj.items()]
+        return {k: v for k, (v, _) in pairs}, [p for _, (_, places) in pairs for p in places]
+    if isinstance(obj, (list, tuple)):
+        items = [finite_only(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return [v for v, _ in items], [p for _, places in items for p in places]
+    return obj, []
 
 
 def absent_folders(path: str) -> List[str]:
