@@ -31,7 +31,8 @@ class ResidentBatches:
     Each epoch one permutation of the whole set is drawn from the data-order
     stream (identical on every process); every global batch of ``batch_size``
     is cut into ``world`` contiguous shares, one per process.  Under DDP a final
-    batch smaller than the number of processes is dropped.
+    batch smaller than the number of processes is dropped; in one process a final
+    batch of one sample joins the batch before it (as in ``main.py``).
     """
 
     def __init__(self, split: Split, transform: DeviceTransform, batch_size: int, procs: Processes,
@@ -41,7 +42,7 @@ class ResidentBatches:
 
     def __len__(self) -> int:
         n, b, w = len(self.split.y), self.batch_size, self.procs.world
-        return n // b + (1 if n % b >= w else 0) if w > 1 else math.ceil(n / b)
+        return n // b + (1 if n % b >= w else 0) if w > 1 else math.ceil(n / b) - (n > b and n % b == 1)
 
     def generators(self) -> dict:
         return {"data_order": self.order_generator, "augmentation": self.augment_generator}
@@ -49,7 +50,10 @@ class ResidentBatches:
     def epoch(self, epoch: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         x, y = self.split.x, self.split.y
         order = torch.randperm(len(y), device=y.device, generator=self.order_generator)
-        for batch in order.split(self.batch_size):
+        batches = list(order.split(self.batch_size))
+        if not self.procs.distributed and len(batches) > 1 and len(batches[-1]) == 1:
+            batches[-2:] = [torch.cat(batches[-2:])]  # batch norm cannot train on one sample: it joins the previous
+        for batch in batches:
             if self.procs.distributed:
                 if len(batch) < self.procs.world:
                     break

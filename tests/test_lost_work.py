@@ -115,3 +115,42 @@ def test_split_lists_cannot_name_images_outside_the_data_folder(tmp_path, rel):
     path.write_text(f"train/ok.jpg 0\n{rel} 1\n")
     with pytest.raises(DataError, match="line 2: .* leaves the data folder"):
         read_split_list(str(path), 10)
+
+
+# ---- silent or misleading ----
+
+def test_a_folder_where_an_idx_file_belongs_is_named_not_downloaded(tmp_path):
+    raw = write_mnist(str(tmp_path))
+    os.remove(os.path.join(raw, "train-images-idx3-ubyte"))
+    os.mkdir(os.path.join(raw, "train-images-idx3-ubyte"))
+    with pytest.raises(DataError, match="train-images-idx3-ubyte is not a file .a folder"):
+        get_dataset_class("seq-mnist")(str(tmp_path)).load_splits()
+
+
+def test_an_imbalance_ratio_that_empties_classes_is_refused():
+    from longtail.data import long_tail_counts
+    from utils.errors import UserError
+    assert long_tail_counts(5000, 10, 100)[-1] == 50
+    with pytest.raises(UserError, match="--imbalance_ratio 1e.09 leaves 6 of the 10 classes without a training"):
+        long_tail_counts(5000, 10, 1e9)
+
+
+def test_a_resume_refusal_names_model_not_model_name():
+    from utils.checkpoint import differing_flags
+    assert differing_flags({"model_name": "er", "lr": 0.1}, {"model_name": "fno-er", "lr": 0.1}) == [
+        "--model fno-er (checkpoint: er)"]
+
+
+@pytest.mark.parametrize("n,batch,sizes", [(5, 2, [2, 3]), (4, 2, [2, 2]), (1, 2, [1]), (7, 3, [3, 4])])
+def test_long_tail_last_batch_of_one_joins_the_previous_one(n, batch, sizes):
+    import torch
+
+    from datasets.utils.continual_dataset import Split
+    from datasets.utils.transforms import DeviceTransform
+    from longtail.batches import ResidentBatches
+    from longtail.processes import Processes
+    split = Split(torch.zeros(n, 3, 4, 4, dtype=torch.uint8), torch.arange(n))
+    batches = ResidentBatches(split, DeviceTransform(scale=255.0), batch, Processes.from_environment(),
+                              torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
+    got = [len(y) for _, y in batches.epoch(0)]
+    assert got == sizes and len(batches) == len(sizes)

@@ -226,3 +226,24 @@ def test_long_tail_results_file_none_writes_no_file(tmp_path, monkeypatch):
     args = main_lt.parse_args(["--dataset", "cifar10-lt", "--method", "ce", "--device", "cpu",
                                "--results_file", "none"])
     assert args.results_file is None
+
+
+def test_a_link_planted_at_a_claim_is_never_written_or_touched_through(tmp_path):
+    from utils.grid.claims import claim_path, read_claim, try_claim
+    results = str(tmp_path / "r.json")
+    victim = planted_link(tmp_path, claim_path(results))
+    os.utime(victim, (1, 1))
+    assert read_claim(claim_path(results)) == {}  # not followed
+    claim = try_claim(results, timeout_s=1.0)  # the "claim" looks stale: it is moved aside, a real one made
+    assert claim is not None and not os.path.islink(claim_path(results))
+    claim.heartbeat()
+    claim.release()
+    assert victim.read_text() == "precious\n" and os.stat(victim).st_mtime == 1
+
+
+def test_a_checkpoint_folder_whose_lock_name_is_too_long_is_one_line_and_removed(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "runs" / ("c" * 252)
+    assert main_module.main(DIGITS + ["--checkpoint_dir", str(folder), "--results_file", "none"]) == 2
+    one_line(capsys.readouterr().err, "too long")
+    assert not (tmp_path / "runs").exists()

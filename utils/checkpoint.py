@@ -64,7 +64,8 @@ def run_identity(args, free=MAY_CHANGE_ON_RESUME) -> dict:
 
 def differing_flags(saved: dict, current: dict) -> list:
     """``--flag value (checkpoint: saved)`` for every flag whose value differs."""
-    return [f"--{k} {current.get(k)} (checkpoint: {saved.get(k)})"
+    shown = {"model_name": "model"}  # the --model as typed (an alias) is kept as model_name, not a flag
+    return [f"--{shown.get(k, k)} {current.get(k)} (checkpoint: {saved.get(k)})"
             for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
 
 

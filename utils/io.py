@@ -17,7 +17,7 @@ from utils.errors import UserError
 def _current_umask() -> int:
     """The process's umask, read without changing it where Linux reports it (``/proc/self/status``)."""
     try:
-        with open("/proc/self/status") as status:
+        with open("/proc/self/status", encoding="ascii") as status:
             for line in status:
                 if line.startswith("Umask:"):
                     return int(line.split()[1], 8)
