@@ -154,3 +154,18 @@ def test_long_tail_last_batch_of_one_joins_the_previous_one(n, batch, sizes):
                               torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
     got = [len(y) for _, y in batches.epoch(0)]
     assert got == sizes and len(batches) == len(sizes)
+
+
+def test_wandb_run_files_go_beside_the_results_not_into_the_working_directory(tmp_path, monkeypatch):
+    from tests.test_wandb import RUN, Recorder
+    from utils.args import parse_args
+    from utils.wandb_logger import WandbLogger
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    recorder = Recorder()
+    monkeypatch.setitem(__import__("sys").modules, "wandb", recorder.module)
+    WandbLogger(parse_args(RUN + ["--wandb_project", "p", "--results_file", str(tmp_path / "sub" / "r.json")]))
+    assert recorder.init_kwargs["dir"] == str(tmp_path / "sub")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "w"))  # the user's choice, which wandb reads itself
+    WandbLogger(parse_args(RUN + ["--wandb_project", "p", "--results_file", str(tmp_path / "r.json")]))
+    assert "dir" not in recorder.init_kwargs
