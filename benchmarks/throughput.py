@@ -363,7 +363,8 @@ def protocol(opts) -> None:
 
 def parse_options(argv=None) -> argparse.Namespace:
     """The benchmark's options (also used by ``benchmarks.gpu_check`` to build its measurements)."""
-    p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0],
+                                allow_abbrev=False)
     p.add_argument("--dataset", default="all",
                    help=f"one of {', '.join(DATASETS + MLP_DATASETS)}, a comma list, or all (the image benchmarks)")
     p.add_argument("--models", default="er,derpp", help="comma list of methods (default er,derpp)")

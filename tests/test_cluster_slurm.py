@@ -17,7 +17,8 @@ def test_local_executor_runs_every_pending_run_once(env, capsys):
     sweep = make_sweep(env, seeds=(1, 2), sleep=0.0)
     out = env / "R"
     runs = plan(sweep, str(out), checkpoints=True)
-    assert grid_main([sweep, "--any_program", "--results_dir", str(out), "--set", "seed=1"]) == 0  # two runs done beforehand
+    assert grid_main([sweep,
+                      "--any_program", "--results_dir", str(out), "--set", "seed=1"]) == 0  # two runs done beforehand
     os.remove(env / "ledger.jsonl")
     assert grid_main([sweep, "--any_program", "--results_dir", str(out), "--slurm", "--slurm_local"]) == 0
     printed = capsys.readouterr().out
@@ -28,7 +29,8 @@ def test_local_executor_runs_every_pending_run_once(env, capsys):
     assert all(not e["sigint_ignored"] for e in events(env, "start"))
     assert os.listdir(out / "checkpoints") == []  # removed once the results were written
     assert os.listdir(out / "slurm")  # submitit's own files
-    assert grid_main([sweep, "--any_program", "--results_dir", str(out), "--slurm", "--slurm_local"]) == 0  # nothing left to do
+    assert grid_main([sweep,
+                      "--any_program", "--results_dir", str(out), "--slurm", "--slurm_local"]) == 0  # nothing left to do
     assert "0 to submit" in capsys.readouterr().out
     assert GridTask(runs[0])().startswith("already done")
 
@@ -66,7 +68,8 @@ def test_packs_are_array_tasks_and_a_requeued_pack_resumes_every_seed(tmp_path, 
     monkeypatch.setenv("LEDGER", str(tmp_path / "ledger.jsonl"))
     sweep = write_sweep(tmp_path, program=str(tmp_path / "main.py"), seed=[1, 2, 3])
     out = tmp_path / "R"
-    assert grid_main([sweep, "--any_program", "--results_dir", str(out), "--slurm_local", "--pack_seeds", "2", "--", *EXTRA]) == 0
+    assert grid_main([sweep,
+                      "--any_program", "--results_dir", str(out), "--slurm_local", "--pack_seeds", "2", "--", *EXTRA]) == 0
     printed = capsys.readouterr().out
     assert "3 to submit" in printed and "submitted 2 task(s)" in printed and "all 3 submitted runs done" in printed
     runs = plan(sweep, str(out), checkpoints=True, extra=EXTRA)

@@ -402,6 +402,7 @@ def test_grid_runs_with_set_extra_flags_and_data_path_from_the_environment(env, 
         args = json.loads((out / name).read_text())["args"]
         assert args["n_epochs"] == 2 and args["data_path"] == str(env / "data-from-env")
     # the command's --data_path wins over the environment
-    assert grid_main([sweep, "--any_program", "--results_dir", str(env / "R2"), "--data_path", "/from/command", "--dry_run"]) == 0
+    assert grid_main([sweep,
+                      "--any_program", "--results_dir", str(env / "R2"), "--data_path", "/from/command", "--dry_run"]) == 0
     commands = capsys.readouterr().out.splitlines()
     assert len(commands) == 2 and all("--data_path=/from/command" in c for c in commands)
