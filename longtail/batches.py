@@ -9,6 +9,7 @@ and Places-LT are decoded by DataLoader workers and normalised on the device
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Iterator, List, Tuple
 
@@ -122,6 +123,20 @@ class LongTailData:
     num_test: int            # size of the whole test set
 
 
+def check_counts(args, counts: List[int], warn: bool = True) -> List[int]:
+    """An empty training set is refused here, not left to show up as a NaN loss blamed on the learning rate;
+    with ``warn`` (the first process of a set cut by --imbalance_ratio) classes left without a training image
+    get one warning line."""
+    empty = [c for c, n in enumerate(counts) if n == 0]
+    if len(empty) == len(counts):
+        raise DataError(f"{args.dataset}: the training set is empty; check --data_path and the split files")
+    if empty and warn:
+        ratio = f" (--imbalance_ratio {args.imbalance_ratio:g})" if getattr(args, "imbalance_ratio", None) else ""
+        print(f"warning: {len(empty)} of the {len(counts)} classes have no training image{ratio}: "
+              f"{', '.join(map(str, empty[:10]))}{', ...' if len(empty) > 10 else ''}", file=sys.stderr, flush=True)
+    return counts
+
+
 def load_data(dataset: LongTailDataset, args, procs: Processes, device: torch.device) -> LongTailData:
     transform = dataset.TRANSFORM.to(device)  # constants on the device once, not one host copy per batch
     if dataset.RESIDENT:
@@ -130,12 +145,13 @@ def load_data(dataset: LongTailDataset, args, procs: Processes, device: torch.de
                             f"not to {args.dataset}")
         train, test = dataset.load_resident()
         train, test = train.to(device), test.to(device)
-        counts = torch.bincount(train.y, minlength=dataset.NUM_CLASSES).tolist()
+        counts = check_counts(args, torch.bincount(train.y, minlength=dataset.NUM_CLASSES).tolist(), procs.rank == 0)
         batches = ResidentBatches(train, transform, args.batch_size, procs,
                                   make_generator(args.seed, "data-order", device),
                                   make_generator(args.seed, f"augmentation/rank{procs.rank}", device))
         return LongTailData(batches, ResidentTestBatches(test, transform, procs), counts, len(test.y))
     train, test, counts = dataset.load_files(args.image_size, args.color_jitter)
+    check_counts(args, counts, warn=False)  # the split lists name the classes they hold
     common = dict(transform=transform, procs=procs, device=device, workers=args.workers, seed=args.seed)
     return LongTailData(LoaderBatches(train, batch_size=args.batch_size, train=True, **common),
                         LoaderBatches(test, batch_size=EVAL_BATCH, train=False, **common), counts, len(test))

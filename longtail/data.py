@@ -64,12 +64,7 @@ def long_tail_counts(n_max: int, num_classes: int, imbalance_ratio: float) -> Li
     check_imbalance_ratio(imbalance_ratio)
     if num_classes < 2:
         raise UserError(f"a long-tailed profile needs at least 2 classes, got {num_classes}")
-    counts = [int(n_max * (1.0 / imbalance_ratio) ** (c / (num_classes - 1))) for c in range(num_classes)]
-    if not counts[-1]:
-        raise UserError(f"--imbalance_ratio {imbalance_ratio:g} leaves {counts.count(0)} of the {num_classes} "
-                        f"classes without a training sample (the rarest gets {n_max} / ratio, rounded down); give "
-                        f"a ratio below {n_max}")
-    return counts
+    return [int(n_max * (1.0 / imbalance_ratio) ** (c / (num_classes - 1))) for c in range(num_classes)]
 
 
 def long_tail_subset(labels: np.ndarray, counts: Sequence[int], seed: int) -> np.ndarray:

@@ -127,12 +127,19 @@ def test_a_folder_where_an_idx_file_belongs_is_named_not_downloaded(tmp_path):
         get_dataset_class("seq-mnist")(str(tmp_path)).load_splits()
 
 
-def test_an_imbalance_ratio_that_empties_classes_is_refused():
+def test_an_imbalance_ratio_that_empties_classes_is_one_warning_line(capsys):
+    from types import SimpleNamespace
+
+    from longtail.batches import check_counts
     from longtail.data import long_tail_counts
-    from utils.errors import UserError
-    assert long_tail_counts(5000, 10, 100)[-1] == 50
-    with pytest.raises(UserError, match="--imbalance_ratio 1e.09 leaves 6 of the 10 classes without a training"):
-        long_tail_counts(5000, 10, 1e9)
+    counts = long_tail_counts(5000, 10, 1e9)
+    assert counts[:4] == [5000, 500, 50, 5] and counts[4:] == [0] * 6
+    args = SimpleNamespace(dataset="cifar10-lt", imbalance_ratio=1e9)
+    assert check_counts(args, counts) == counts
+    assert capsys.readouterr().err == ("warning: 6 of the 10 classes have no training image (--imbalance_ratio "
+                                       "1e+09): 4, 5, 6, 7, 8, 9\n")
+    check_counts(args, counts, warn=False)  # the other processes of the run: one line per run
+    assert capsys.readouterr().err == ""
 
 
 def test_a_resume_refusal_names_model_not_model_name():
@@ -169,3 +176,11 @@ def test_wandb_run_files_go_beside_the_results_not_into_the_working_directory(tm
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "w"))  # the user's choice, which wandb reads itself
     WandbLogger(parse_args(RUN + ["--wandb_project", "p", "--results_file", str(tmp_path / "r.json")]))
     assert "dir" not in recorder.init_kwargs
+
+
+def test_an_empty_long_tail_training_set_is_named_not_blamed_on_the_lr():
+    from types import SimpleNamespace
+
+    from longtail.batches import check_counts
+    with pytest.raises(DataError, match="imagenet-lt: the training set is empty; check --data_path"):
+        check_counts(SimpleNamespace(dataset="imagenet-lt", imbalance_ratio=None), [0, 0])
