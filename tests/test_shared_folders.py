@@ -14,7 +14,7 @@ from utils.grid.cli import main as grid_main
 from utils.grid.processes import open_log
 from utils.grid.runs import GridRun
 from utils.grid.sweep import MAX_RUNS, load_sweep, plan, untrusted
-from utils.io import atomic_write_bytes, check_writable_file, open_created
+from utils.io import atomic_write_bytes, check_writable_file, discards, open_created
 from utils.runlock import lock_file, run_lock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,6 +98,7 @@ def test_a_fifo_or_device_as_results_file_is_refused_not_replaced(tmp_path):
 
 def test_dev_null_as_results_file_writes_nothing_and_takes_no_lock(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    assert discards(os.devnull)  # else (as root) the write below would replace the device with a file
     atomic_write_bytes(os.devnull, b"discarded")  # no temporary file in /dev, no rename over the device
     assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
     assert main_module.main(DIGITS + ["--results_file", os.devnull]) == 0
