@@ -248,3 +248,10 @@ def test_a_checkpoint_folder_whose_lock_name_is_too_long_is_one_line_and_removed
     assert main_module.main(DIGITS + ["--checkpoint_dir", str(folder), "--results_file", "none"]) == 2
     one_line(capsys.readouterr().err, "too long")
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_sweep_file_larger_than_a_mebibyte_is_refused_unread(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("program: main.py\nparameters: {seed: {value: 1}}\n#" + "x" * (1 << 20) + "\n")
+    with pytest.raises(UserError, match="larger than 1048576 bytes"):
+        load_sweep(str(path))
