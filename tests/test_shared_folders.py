@@ -255,3 +255,16 @@ def test_a_sweep_file_larger_than_a_mebibyte_is_refused_unread(tmp_path):
     path.write_text("program: main.py\nparameters: {seed: {value: 1}}\n#" + "x" * (1 << 20) + "\n")
     with pytest.raises(UserError, match="larger than 1048576 bytes"):
         load_sweep(str(path))
+
+
+def test_a_full_disk_under_the_grid_is_one_line(capsys, tmp_path, monkeypatch):
+    import errno
+
+    from utils.grid import processes
+
+    def full(path, append=False):
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(processes, "open_created", full)
+    assert grid_main([write_sweep(tmp_path), "--results_dir", str(tmp_path / "R"), "--pack_seeds", "1"]) == 2
+    one_line(capsys.readouterr().err, "No space left on device", str(tmp_path / "R" / "logs"))
