@@ -43,7 +43,7 @@ def digits_as_mnist(root: str) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     parser.add_argument("root", help="folder to write MNIST/raw/ into")
     print(digits_as_mnist(parser.parse_args(argv).root))
 

@@ -334,7 +334,8 @@ def drive(opts) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="benchmarks/gpu_check.sh", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="benchmarks/gpu_check.sh", description=__doc__.splitlines()[0],
+                                allow_abbrev=False)
     p.add_argument("out_dir")
     p.add_argument("--smoke", action="store_true", help="tiny step counts on the CPU: checks the script, not speed")
     p.add_argument("--total_s", type=float, default=None,

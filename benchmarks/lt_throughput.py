@@ -97,7 +97,7 @@ def measure(method: str, amp: str, channels_last: int, opts) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dataset", default="cifar10-lt", choices=("cifar10-lt", "cifar100-lt"))
     p.add_argument("--methods", nargs="+", default=list(LT_METHODS), type=comma_list(str, lt_method_names()),

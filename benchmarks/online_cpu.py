@@ -43,7 +43,8 @@ def timed(fn) -> tuple:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.online_cpu", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.online_cpu", description=__doc__.split("\n\n")[0],
+                                allow_abbrev=False)
     p.add_argument("--model", default="er", help="er or er_ace (default er)")
     p.add_argument("--buffer_size", type=int, default=200)
     p.add_argument("--num_threads", type=int, default=1)

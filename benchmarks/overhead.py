@@ -154,7 +154,8 @@ def format_row(row: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.splitlines()[0],
+                                allow_abbrev=False)
     p.add_argument("--datasets", default=None, help="comma-separated (default: seq-mnist on the CPU, plus "
                                                     "seq-cifar10 on CUDA)")
     p.add_argument("--models", default="er,derpp")

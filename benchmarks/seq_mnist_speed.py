@@ -77,7 +77,7 @@ def run_one(model: str, buffer_size: int, opts, data_path: str, tmp: str, groups
     start = time.perf_counter()
     children = []
     for i, cmd in enumerate(commands):
-        err = open(os.path.join(tmp, f"stderr-{i}.txt"), "w+")
+        err = open(os.path.join(tmp, f"stderr-{i}.txt"), "w+", encoding="utf-8")
         children.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=tmp), err))
     peak, failure = 0.0, None
     for child, err in children:
@@ -91,7 +91,7 @@ def run_one(model: str, buffer_size: int, opts, data_path: str, tmp: str, groups
     wall = time.perf_counter() - start
     if failure is not None:
         return {"model": model, "error": failure}
-    with open(os.path.join(tmp, out)) as f:
+    with open(os.path.join(tmp, out), encoding="utf-8") as f:
         res = json.load(f)
     return {"model": model, "wall": wall, "peak_mib": peak, "res": res}
 
@@ -135,7 +135,7 @@ def default_models(buffer_size: int) -> list:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     p.add_argument("--data_path", default="data")
     p.add_argument("--device", default="cpu")
     p.add_argument("--models", nargs="+", default=None, help="methods, comma- or space-separated (default: all)")

@@ -97,7 +97,7 @@ def synthetic_dataset(dataset_cls, splits):
 def reset_host_peak() -> None:
     """Reset the kernel's peak-RSS counter (VmHWM) of this process, where Linux allows it."""
     try:
-        with open("/proc/self/clear_refs", "w") as f:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
             f.write("5")
     except OSError:
         pass
@@ -105,7 +105,7 @@ def reset_host_peak() -> None:
 
 def host_peak_mib() -> float:
     try:
-        with open("/proc/self/status") as f:
+        with open("/proc/self/status", encoding="ascii") as f:
             for line in f:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024
@@ -363,7 +363,8 @@ def protocol(opts) -> None:
 
 def parse_options(argv=None) -> argparse.Namespace:
     """The benchmark's options (also used by ``benchmarks.gpu_check`` to build its measurements)."""
-    p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0],
+                                allow_abbrev=False)
     p.add_argument("--dataset", default="all",
                    help=f"one of {', '.join(DATASETS + MLP_DATASETS)}, a comma list, or all (the image benchmarks)")
     p.add_argument("--models", default="er,derpp", help="comma list of methods (default er,derpp)")

@@ -62,7 +62,7 @@ def timed(fn, steps: int, warmup: int, device: torch.device) -> float:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--backbone", default="vit_base_patch16_224")
     p.add_argument("--amp", default="none", choices=("none", "bf16"))

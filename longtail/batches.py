@@ -9,6 +9,7 @@ and Places-LT are decoded by DataLoader workers and normalised on the device
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Iterator, List, Tuple
 
@@ -31,7 +32,8 @@ class ResidentBatches:
     Each epoch one permutation of the whole set is drawn from the data-order
     stream (identical on every process); every global batch of ``batch_size``
     is cut into ``world`` contiguous shares, one per process.  Under DDP a final
-    batch smaller than the number of processes is dropped.
+    batch smaller than the number of processes is dropped; in one process a final
+    batch of one sample joins the batch before it (as in ``main.py``).
     """
 
     def __init__(self, split: Split, transform: DeviceTransform, batch_size: int, procs: Processes,
@@ -41,7 +43,7 @@ class ResidentBatches:
 
     def __len__(self) -> int:
         n, b, w = len(self.split.y), self.batch_size, self.procs.world
-        return n // b + (1 if n % b >= w else 0) if w > 1 else math.ceil(n / b)
+        return n // b + (1 if n % b >= w else 0) if w > 1 else math.ceil(n / b) - (n > b and n % b == 1)
 
     def generators(self) -> dict:
         return {"data_order": self.order_generator, "augmentation": self.augment_generator}
@@ -49,7 +51,10 @@ class ResidentBatches:
     def epoch(self, epoch: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         x, y = self.split.x, self.split.y
         order = torch.randperm(len(y), device=y.device, generator=self.order_generator)
-        for batch in order.split(self.batch_size):
+        batches = list(order.split(self.batch_size))
+        if not self.procs.distributed and len(batches) > 1 and len(batches[-1]) == 1:
+            batches[-2:] = [torch.cat(batches[-2:])]  # batch norm cannot train on one sample: it joins the previous
+        for batch in batches:
             if self.procs.distributed:
                 if len(batch) < self.procs.world:
                     break
@@ -118,6 +123,20 @@ class LongTailData:
     num_test: int            # size of the whole test set
 
 
+def check_counts(args, counts: List[int], warn: bool = True) -> List[int]:
+    """An empty training set is refused here, not left to show up as a NaN loss blamed on the learning rate;
+    with ``warn`` (the first process of a set cut by --imbalance_ratio) classes left without a training image
+    get one warning line."""
+    empty = [c for c, n in enumerate(counts) if n == 0]
+    if len(empty) == len(counts):
+        raise DataError(f"{args.dataset}: the training set is empty; check --data_path and the split files")
+    if empty and warn:
+        ratio = f" (--imbalance_ratio {args.imbalance_ratio:g})" if getattr(args, "imbalance_ratio", None) else ""
+        print(f"warning: {len(empty)} of the {len(counts)} classes have no training image{ratio}: "
+              f"{', '.join(map(str, empty[:10]))}{', ...' if len(empty) > 10 else ''}", file=sys.stderr, flush=True)
+    return counts
+
+
 def load_data(dataset: LongTailDataset, args, procs: Processes, device: torch.device) -> LongTailData:
     transform = dataset.TRANSFORM.to(device)  # constants on the device once, not one host copy per batch
     if dataset.RESIDENT:
@@ -126,12 +145,13 @@ def load_data(dataset: LongTailDataset, args, procs: Processes, device: torch.de
                             f"not to {args.dataset}")
         train, test = dataset.load_resident()
         train, test = train.to(device), test.to(device)
-        counts = torch.bincount(train.y, minlength=dataset.NUM_CLASSES).tolist()
+        counts = check_counts(args, torch.bincount(train.y, minlength=dataset.NUM_CLASSES).tolist(), procs.rank == 0)
         batches = ResidentBatches(train, transform, args.batch_size, procs,
                                   make_generator(args.seed, "data-order", device),
                                   make_generator(args.seed, f"augmentation/rank{procs.rank}", device))
         return LongTailData(batches, ResidentTestBatches(test, transform, procs), counts, len(test.y))
     train, test, counts = dataset.load_files(args.image_size, args.color_jitter)
+    check_counts(args, counts, warn=False)  # the split lists name the classes they hold
     common = dict(transform=transform, procs=procs, device=device, workers=args.workers, seed=args.seed)
     return LongTailData(LoaderBatches(train, batch_size=args.batch_size, train=True, **common),
                         LoaderBatches(test, batch_size=EVAL_BATCH, train=False, **common), counts, len(test))

@@ -219,6 +219,9 @@ def read_split_list(path: str, num_classes: int) -> List[Tuple[str, int, int]]:
                 raise DataError(f"{path}, line {number}: label {label_text!r} is not an integer") from None
             if not 0 <= label < num_classes:
                 raise DataError(f"{path}, line {number}: label {label} is outside 0..{num_classes - 1}")
+            if os.path.isabs(rel) or ".." in rel.replace("\\", "/").split("/"):
+                raise DataError(f"{path}, line {number}: {rel[:80]!r} leaves the data folder (paths must be "
+                                f"relative, without '..')")
             entries.append((rel, label, number))
     if not entries:
         raise DataError(f"split list {path} holds no entries")
@@ -245,7 +248,7 @@ class ImageListDataset(torch.utils.data.Dataset):
         try:
             with Image.open(path) as img:
                 image = img.convert("RGB")
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:  # a bomb is neither
             raise DataError(f"cannot read image {path} ({self.list_path}, line {line}): "
                             f"{type(exc).__name__}: {exc}") from None
         return self.transform(image), label

@@ -48,7 +48,7 @@ def busiest(starts, ends, device):
 def test_each_run_is_pinned_to_one_device_per_gpu_at_a_time(env, capsys):
     sweep = make_sweep(env, seeds=(1, 2, 3, 4), sleep=0.3)
     out = env / "R"
-    assert grid_main([sweep, "--results_dir", str(out), "--gpus", "0,1", "--per_gpu", "2"]) == 0
+    assert grid_main([sweep, "--any_program", "--results_dir", str(out), "--gpus", "0,1", "--per_gpu", "2"]) == 0
     starts, ends = events(env, "start"), events(env, "done")
     assert len(starts) == len(ends) == 8
     assert {e["cuda"] for e in starts} == {"0", "1"}
@@ -59,10 +59,10 @@ def test_each_run_is_pinned_to_one_device_per_gpu_at_a_time(env, capsys):
 def test_default_devices_are_the_visible_ones_and_none_turns_pinning_off(env, monkeypatch, capsys):
     sweep = make_sweep(env, seeds=(1,), sleep=0.0)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
-    assert grid_main([sweep, "--results_dir", str(env / "A")]) == 0
+    assert grid_main([sweep, "--any_program", "--results_dir", str(env / "A")]) == 0
     assert sorted(e["cuda"] for e in events(env, "start")) == ["5", "7"]
     os.remove(env / "ledger.jsonl")
-    assert grid_main([sweep, "--results_dir", str(env / "B"), "--gpus", "none", "--jobs", "2"]) == 0
+    assert grid_main([sweep, "--any_program", "--results_dir", str(env / "B"), "--gpus", "none", "--jobs", "2"]) == 0
     assert [e["cuda"] for e in events(env, "start")] == ["5,7", "5,7"]  # the runner's own environment
 
 

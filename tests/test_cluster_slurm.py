@@ -17,9 +17,10 @@ def test_local_executor_runs_every_pending_run_once(env, capsys):
     sweep = make_sweep(env, seeds=(1, 2), sleep=0.0)
     out = env / "R"
     runs = plan(sweep, str(out), checkpoints=True)
-    assert grid_main([sweep, "--results_dir", str(out), "--set", "seed=1"]) == 0  # two runs done beforehand
+    assert grid_main([sweep,
+                      "--any_program", "--results_dir", str(out), "--set", "seed=1"]) == 0  # two runs done beforehand
     os.remove(env / "ledger.jsonl")
-    assert grid_main([sweep, "--results_dir", str(out), "--slurm", "--slurm_local"]) == 0
+    assert grid_main([sweep, "--any_program", "--results_dir", str(out), "--slurm", "--slurm_local"]) == 0
     printed = capsys.readouterr().out
     assert "4 runs, 2 done or claimed, 2 to submit" in printed and "submitted 2 task(s) as job array" in printed
     assert len(results_in(out)) == 4
@@ -28,7 +29,8 @@ def test_local_executor_runs_every_pending_run_once(env, capsys):
     assert all(not e["sigint_ignored"] for e in events(env, "start"))
     assert os.listdir(out / "checkpoints") == []  # removed once the results were written
     assert os.listdir(out / "slurm")  # submitit's own files
-    assert grid_main([sweep, "--results_dir", str(out), "--slurm", "--slurm_local"]) == 0  # nothing left to do
+    assert grid_main([sweep,
+                      "--any_program", "--results_dir", str(out), "--slurm", "--slurm_local"]) == 0  # nothing left to do
     assert "0 to submit" in capsys.readouterr().out
     assert GridTask(runs[0])().startswith("already done")
 
@@ -36,7 +38,7 @@ def test_local_executor_runs_every_pending_run_once(env, capsys):
 def test_failed_task_is_reported_and_a_requeue_is_the_same_task(env, capsys):
     sweep = make_sweep(env, seeds=(1,), sleep=0.0, fail=(1,))
     out = env / "R"
-    assert grid_main([sweep, "--results_dir", str(out), "--slurm_local"]) == 1
+    assert grid_main([sweep, "--any_program", "--results_dir", str(out), "--slurm_local"]) == 1
     printed = capsys.readouterr().out
     assert printed.count("FAILED") == 2 and printed.count("deliberate failure") == 2, printed
     run = plan(sweep, str(out), checkpoints=True)[0]
@@ -50,7 +52,7 @@ def test_failed_task_is_reported_and_a_requeue_is_the_same_task(env, capsys):
 def test_slurm_without_a_cluster_is_one_line(env, capsys, monkeypatch):
     monkeypatch.setenv("PATH", str(env))  # no sbatch
     sweep = make_sweep(env, seeds=(1,), sleep=0.0)
-    assert grid_main([sweep, "--results_dir", str(env / "R"), "--slurm"]) == 2
+    assert grid_main([sweep, "--any_program", "--results_dir", str(env / "R"), "--slurm"]) == 2
     assert "no SLURM cluster here" in capsys.readouterr().err
 
 
@@ -66,7 +68,8 @@ def test_packs_are_array_tasks_and_a_requeued_pack_resumes_every_seed(tmp_path, 
     monkeypatch.setenv("LEDGER", str(tmp_path / "ledger.jsonl"))
     sweep = write_sweep(tmp_path, program=str(tmp_path / "main.py"), seed=[1, 2, 3])
     out = tmp_path / "R"
-    assert grid_main([sweep, "--results_dir", str(out), "--slurm_local", "--pack_seeds", "2", "--", *EXTRA]) == 0
+    assert grid_main([sweep,
+                      "--any_program", "--results_dir", str(out), "--slurm_local", "--pack_seeds", "2", "--", *EXTRA]) == 0
     printed = capsys.readouterr().out
     assert "3 to submit" in printed and "submitted 2 task(s)" in printed and "all 3 submitted runs done" in printed
     runs = plan(sweep, str(out), checkpoints=True, extra=EXTRA)

@@ -194,7 +194,7 @@ def test_runs_skips_finished_and_reports_failures(env, capsys):
     out.mkdir()
     finished = out / "fail=0,method=a,seed=1,sleep=0.json"
     finished.write_text('{"kept": true}')
-    assert grid_main([sweep, "--results_dir", str(out), "--jobs", "2"]) == 1
+    assert grid_main([sweep, "--any_program", "--results_dir", str(out), "--jobs", "2"]) == 1
     printed = capsys.readouterr().out
     assert "8 runs, 1 already done, 7 to run, 2 at a time" in printed
     assert json.loads(finished.read_text()) == {"kept": True}
@@ -204,12 +204,12 @@ def test_runs_skips_finished_and_reports_failures(env, capsys):
     assert printed.count("FAILED (exit 3)") == 4 and "deliberate failure a 1" in printed
     assert "4 run(s) failed" in printed
     # A restart runs only the failed ones again.
-    assert grid_main([sweep, "--results_dir", str(out)]) == 1
+    assert grid_main([sweep, "--any_program", "--results_dir", str(out)]) == 1
     assert "8 runs, 4 already done, 4 to run" in capsys.readouterr().out
 
 
 def grid_command(sweep, out, *flags):
-    return [sys.executable, "-m", "utils.grid", sweep, "--results_dir", str(out), *flags]
+    return [sys.executable, "-m", "utils.grid", sweep, "--any_program", "--results_dir", str(out), *flags]
 
 
 def test_killed_runner_restarts_without_losing_or_repeating_runs(env):
@@ -317,27 +317,27 @@ def test_run_locked_by_another_process_is_refused_not_run_twice(env, capsys):
     out = env / "R"
     busy = plan(sweep, str(out), checkpoints=True)[0]
     with run_lock(busy.results_file):
-        assert grid_main([sweep, "--results_dir", str(out), "--checkpoints"]) == 1
+        assert grid_main([sweep, "--any_program", "--results_dir", str(out), "--checkpoints"]) == 1
     printed = capsys.readouterr().out
     assert (f"FAILED (exit 2) {busy.label}: fake_lt.py: error: another process (pid {os.getpid()}) "
             f"is already running this run: {busy.results_file}") in printed
     assert [e["name"] for e in events(env, "start")] == [os.path.basename(r.results_file)
                                                          for r in plan(sweep, str(out))[1:]]
     assert not os.path.exists(busy.checkpoint_dir)  # the refused process wrote nothing
-    assert grid_main([sweep, "--results_dir", str(out), "--checkpoints"]) == 0
+    assert grid_main([sweep, "--any_program", "--results_dir", str(out), "--checkpoints"]) == 0
     assert "2 runs, 1 already done, 1 to run" in capsys.readouterr().out
 
 
 def test_checkpoints_option_resumes_and_cleans_up(env, capsys):
     sweep = make_sweep(env, seeds=(1,), sleep=0.0, fail=(0, 1))
     out = env / "R"
-    assert grid_main([sweep, "--results_dir", str(out), "--checkpoints"]) == 1
+    assert grid_main([sweep, "--any_program", "--results_dir", str(out), "--checkpoints"]) == 1
     runs = {r.params["fail"]: r for r in plan(sweep, str(out), checkpoints=True) if r.params["method"] == "a"}
     assert runs[0].argv[-2:] == [f"--checkpoint_dir={runs[0].checkpoint_dir}", "--resume"]
     assert os.path.exists(runs[0].results_file) and not os.path.exists(runs[0].checkpoint_dir)
     failed = runs[1].checkpoint_dir  # kept for the next attempt, which resumes from it
     assert open(os.path.join(failed, "attempts")).read() == "x"
-    assert grid_main([sweep, "--results_dir", str(out), "--checkpoints"]) == 1
+    assert grid_main([sweep, "--any_program", "--results_dir", str(out), "--checkpoints"]) == 1
     assert open(os.path.join(failed, "attempts")).read() == "xx"
     log = open(runs[1].log_file).read()
     assert log.count("--resume") == 2  # the log keeps both attempts
@@ -384,7 +384,7 @@ def test_plan_with_set_extra_flags_and_data_path(env):
 
 def test_extra_flag_naming_a_sweep_parameter_is_refused(env, capsys):
     sweep = make_sweep(env)
-    assert grid_main([sweep, "--results_dir", str(env / "R"), "--", "--seed", "4"]) == 2
+    assert grid_main([sweep, "--any_program", "--results_dir", str(env / "R"), "--", "--seed", "4"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--seed is a parameter of" in err and "--set seed=VALUE" in err
 
@@ -393,7 +393,7 @@ def test_grid_runs_with_set_extra_flags_and_data_path_from_the_environment(env, 
     sweep = make_sweep(env, seeds=(1,), sleep=0.0)
     out = env / "R"
     monkeypatch.setenv("FNO_CL_DATA", str(env / "data-from-env"))
-    assert grid_main([sweep, "--results_dir", str(out), "--jobs", "2", "--set", "seed=4", "5",
+    assert grid_main([sweep, "--any_program", "--results_dir", str(out), "--jobs", "2", "--set", "seed=4", "5",
                       "--", "--n_epochs", "2"]) == 0
     printed = capsys.readouterr().out
     assert f"--data_path {env / 'data-from-env'} (from $FNO_CL_DATA)" in printed
@@ -402,6 +402,7 @@ def test_grid_runs_with_set_extra_flags_and_data_path_from_the_environment(env, 
         args = json.loads((out / name).read_text())["args"]
         assert args["n_epochs"] == 2 and args["data_path"] == str(env / "data-from-env")
     # the command's --data_path wins over the environment
-    assert grid_main([sweep, "--results_dir", str(env / "R2"), "--data_path", "/from/command", "--dry_run"]) == 0
+    assert grid_main([sweep,
+                      "--any_program", "--results_dir", str(env / "R2"), "--data_path", "/from/command", "--dry_run"]) == 0
     commands = capsys.readouterr().out.splitlines()
     assert len(commands) == 2 and all("--data_path=/from/command" in c for c in commands)

@@ -221,7 +221,8 @@ def test_two_runners_with_different_pack_sizes_run_every_seed_once(tmp_path):
     sweep = write_sweep(tmp_path, program=str(tmp_path / "main.py"), classifier=["fc", "fno"], seed=[1, 2, 3, 4, 5])
     out = tmp_path / "R"
     env = dict(os.environ, LEDGER=str(tmp_path / "ledger.jsonl"), PYTHONPATH=ROOT)
-    runners = [subprocess.Popen([sys.executable, "-m", "utils.grid", sweep, "--results_dir", str(out), "--jobs", "2",
+    runners = [subprocess.Popen([sys.executable, "-m", "utils.grid", sweep,
+                                 "--any_program", "--results_dir", str(out), "--jobs", "2",
                                  "--pack_seeds", size, "--", *EXTRA], cwd=ROOT, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, env=env) for size in ("3", "2")]
     outputs = [finish(runner) for runner in runners]

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import io
 import math
 import os
@@ -63,7 +64,8 @@ def run_identity(args, free=MAY_CHANGE_ON_RESUME) -> dict:
 
 def differing_flags(saved: dict, current: dict) -> list:
     """``--flag value (checkpoint: saved)`` for every flag whose value differs."""
-    return [f"--{k} {current.get(k)} (checkpoint: {saved.get(k)})"
+    shown = {"model_name": "model"}  # the --model as typed (an alias) is kept as model_name, not a flag
+    return [f"--{shown.get(k, k)} {current.get(k)} (checkpoint: {saved.get(k)})"
             for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
 
 
@@ -355,7 +357,17 @@ def save_checkpoint(directory: str, run, history: dict, logger_state: dict) -> N
         "buffer": model.buffer.state_dict() if model.buffer is not None else None,
         "rng": capture_rng(_device(run), _generators(run)),
         "logger": logger_state,
+        "data": data_fingerprint(run.train),
     })
+
+
+def data_fingerprint(split) -> dict:
+    """What identifies a run's training data cheaply: its shape and a hash of its labels and of at most 2^20
+    of its input values, evenly spread.  Resuming on other data (another --data_path) is refused by it."""
+    x = split.x.reshape(-1)
+    digest = hashlib.sha256(x[::max(1, x.numel() >> 20)].cpu().numpy().tobytes())
+    digest.update(split.y.cpu().numpy().tobytes())
+    return {"shape": list(split.x.shape), "sha256": digest.hexdigest()[:16]}
 
 
 def load_checkpoint(args) -> Optional[dict]:
@@ -442,6 +454,10 @@ def restore_run(run, state: dict) -> None:
     ``CheckpointError`` and leaves the run untouched.
     """
     path = checkpoint_path(run.args.checkpoint_dir)
+    saved_data, data = state.get("data"), data_fingerprint(run.train)  # older checkpoints have none
+    if saved_data is not None and saved_data != data:
+        raise CheckpointError(path, f"it was saved on other training data ({show(saved_data)}; this run's "
+                                    f"--data_path {run.args.data_path}: {show(data)})")
     _check_history(path, run, state["history"])
     check_state_dict(path, run.model.state_dict(), state["model"], "model",
                      "another --model, --backbone or --classifier")

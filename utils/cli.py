@@ -31,7 +31,12 @@ class Flag:
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """Errors are one line on stderr and exit code 2."""
+    """Errors are one line on stderr and exit code 2.  No abbreviations: ``--checkpoint_d`` (a typo, or a sweep
+    key) is refused rather than taken for ``--checkpoint_dir``."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")

@@ -24,7 +24,8 @@ from typing import Callable, Optional
 from utils import io  # its functions are looked up at call time, so that tests can simulate a full disk
 from utils.errors import UserError
 from utils.flags import OPERATIONAL_FLAGS, canonical
-from utils.io import absent_folders, check_writable_dir, check_writable_file, remove_empty_folders
+from utils.guards import batch_norm_needs_two
+from utils.io import absent_folders, check_writable_dir, check_writable_file, discards, remove_empty_folders
 from utils.runlock import run_lock
 from utils.seeds import seed_args
 
@@ -42,15 +43,21 @@ def check_outputs(args) -> None:
 
 
 def save_results(args, results: dict) -> None:
-    """Write the results file; a failure is one line saying what was kept."""
+    """Write the results file; a failure is one line saying what was kept.  NaN or infinite numbers (JSON
+    has none) are written as null and named in one line: the finished run is kept, never lost to them."""
+    finite, replaced = io.finite_only(results)
+    if replaced:
+        print(f"warning: not finite, written as null: {', '.join(replaced[:5])}"
+              + (f" and {len(replaced) - 5} more" if len(replaced) > 5 else ""), file=sys.stderr, flush=True)
     try:
-        io.write_json_atomic(args.results_file, results)
-    except OSError as exc:
+        io.write_json_atomic(args.results_file, finite)
+    except (OSError, ValueError, TypeError) as exc:
         keep = (f"the checkpoint in {args.checkpoint_dir} keeps the finished run: rerun the same command with "
                 f"--resume and another --results_file to write them" if args.checkpoint_dir else
                 "the final accuracies are printed above; add --checkpoint_dir to keep a run whose results "
                 "cannot be written")
-        raise UserError(f"could not write the results to {args.results_file}: {exc.strerror or exc}; {keep}") from None
+        raise UserError(f"could not write the results to {args.results_file}: "
+                        f"{getattr(exc, 'strerror', None) or exc}; {keep}") from None
 
 
 def output_runs(args) -> list:
@@ -137,13 +144,17 @@ def run_entry(prog: str, args, experiment: Callable[[object], Optional[object]],
     try:
         for one in runs:
             check_outputs(one)
-        with run_lock(*[place for one in runs for place in (one.results_file, one.checkpoint_dir)]):
-            results = experiment(args)  # one process per run, or a one-line refusal
+        places = [place for one in runs for place in (one.results_file, one.checkpoint_dir)]
+        with run_lock(*[place for place in places if place and not discards(place)]):  # /dev/null: no lock
+            with batch_norm_needs_two(args):
+                results = experiment(args)  # one process per run, or a one-line refusal
             if results is not None:
                 several = len(runs) > 1 or getattr(args, "seeds", None)
                 for one, result in zip(runs, results if several else [results]):
                     print((f"seed {one.seed}: " if several else "") + headline(one, result), flush=True)
-                    if one.results_file:
+                    if one.results_file and discards(one.results_file):
+                        print(f"Results discarded (--results_file {one.results_file})", flush=True)
+                    elif one.results_file:
                         save_results(one, result)
                         print(f"Results written to {os.path.abspath(one.results_file)}", flush=True)
     except UserError as exc:

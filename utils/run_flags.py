@@ -73,6 +73,10 @@ def resolve_shared_flags(values: dict, explicit: dict) -> None:
     """Settle what every entry point settles the same way: the device checked and named, the data folder from
     ``$FNO_CL_DATA`` when none was given (as the grid runner takes it), ``--resume`` only with a checkpoint
     directory.  Raises ``ValueError`` (the parser's one-line error)."""
+    for name in ("results_file", "results_dir", "checkpoint_dir", "data_path"):
+        if explicit.get(name) == "":  # an unset shell variable: say so rather than write nowhere or to ./
+            raise ValueError(f"--{name} is empty; give a path" + (f" (or {os.devnull} to write no results)"
+                                                                  if name == "results_file" else ""))
     values["device"] = str(resolve_device(values.get("device")))
     if "data_path" not in explicit and os.environ.get(DATA_PATH_ENV):  # a cluster's data folder
         values["data_path"] = os.environ[DATA_PATH_ENV]
@@ -87,6 +91,8 @@ def resolve_run_flags(values: dict, explicit: dict) -> None:
     results file, ``{name}`` in ``--checkpoint_dir`` replaced by the run's results name.  Raises ``ValueError``
     (the parser's one-line error)."""
     resolve_shared_flags(values, explicit)
+    if str(values["results_file"]).lower() == "none":  # as main.py: no results file, not one called "none"
+        values["results_file"] = None
     values["checkpoint_dir"] = fill_name(values["checkpoint_dir"], results_name(explicit))
     if values["results_dir"] is not None:
         if "results_file" in explicit:

@@ -10,7 +10,8 @@ before it reads or writes anything of the run.
 The kernel releases a flock when the process ends, however it ends (SIGKILL,
 a crash, a machine reboot), so a lock never outlives its process and a restart
 is never blocked: a lock file left by a killed process is simply locked again.
-On a clean exit the lock file is removed.  Where ``fcntl`` does not exist
+On a clean exit the lock file is removed.  A link or anything but a regular file
+at the lock's place is refused in one line (never written through).  Where ``fcntl`` does not exist
 (Windows) runs are not locked.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ except ImportError:  # not a POSIX system: no locking
     fcntl = None
 
 from utils.errors import UserError
+from utils.io import open_regular
 
 LOCK_SUFFIX = ".lock"
 
@@ -71,7 +73,7 @@ def _hold(place: str) -> Iterator[None]:
     path = lock_file(place)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by programs this one starts
+        fd = open_regular(path, os.O_RDWR | os.O_CREAT)  # never through a planted link; not inherited
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

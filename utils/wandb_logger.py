@@ -57,6 +57,17 @@ def wandb_wanted(args) -> bool:
             and bool(args.wandb_project or os.environ.get("WANDB_PROJECT")))
 
 
+def run_files_dir(args) -> Optional[str]:
+    """Where wandb keeps its run files (``wandb/``, offline runs included): ``$WANDB_DIR`` when set (wandb
+    reads it), else beside the results file or the checkpoints, never silently in the working directory."""
+    if os.environ.get("WANDB_DIR"):
+        return None
+    results = getattr(args, "results_file", None)
+    if results and os.path.realpath(results) != os.devnull:
+        return os.path.dirname(os.path.abspath(results))
+    return getattr(args, "checkpoint_dir", None) or None
+
+
 class WandbLogger:
     """Logs one run; inactive (every method a no-op) when logging is off or has failed."""
 
@@ -107,9 +118,10 @@ class WandbLogger:
             raise RuntimeError("not logged in (run `wandb login`, set WANDB_API_KEY, or WANDB_MODE=offline)")
         # Agents choose the run id themselves (WANDB_RUN_ID); otherwise a resumed run continues its own.
         resume_id = self.run_id if self.run_id and "WANDB_RUN_ID" not in os.environ else None
+        where = {"dir": run_files_dir(args)} if run_files_dir(args) else {}
         self.run = wandb.init(project=args.wandb_project, entity=args.wandb_entity, name=args.wandb_name,
                               config=dict(vars(args)), id=resume_id, resume="allow" if resume_id else None,
-                              settings=wandb.Settings(init_timeout=self.init_timeout))
+                              settings=wandb.Settings(init_timeout=self.init_timeout), **where)
         self.run_id = self.run.id
         self.run.define_metric("train/step")
         self.run.define_metric("train/*", step_metric="train/step")

@@ -90,12 +90,28 @@ def _integers(path: str, values, what: str, low: int, high: int, dtype) -> np.nd
     return array.astype(dtype, copy=False)
 
 
+def check_shapes(path: str, data, labels) -> None:
+    """``data`` is an N x 3072 array and ``labels`` a flat list or array of N, checked before either is
+    converted: a pickle of shared references (one row repeated by reference) is tiny on disk and vast once
+    converted."""
+    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        found = data.shape if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(f"{path} is corrupt: its 'data' is {quote(found)} (expected an N x 3072 array)")
+    flat = isinstance(labels, np.ndarray) and labels.ndim == 1 or isinstance(labels, list) and not any(
+        isinstance(v, (list, tuple, dict, np.ndarray)) for v in labels)
+    if not flat or len(labels) != len(data):
+        found = getattr(labels, "shape", None) or (len(labels) if isinstance(labels, list) else type(labels).__name__)
+        raise DataError(f"{path} is corrupt: {len(data)} images but labels {quote(found)} (expected a flat list "
+                        f"of {len(data)})")
+
+
 def _read_batch(path: str, label_key: str, num_classes: int) -> Tuple[np.ndarray, np.ndarray]:
     entry = _unpickle(path)
     if not isinstance(entry, dict) or "data" not in entry or label_key not in entry:
         found = sorted(map(str, entry))[:10] if isinstance(entry, dict) else type(entry).__name__
         raise DataError(f"{path} is not a CIFAR batch: expected a dict with 'data' and {label_key!r}, "
                         f"found {quote(found)}")
+    check_shapes(path, entry["data"], entry[label_key])
     data = _integers(path, entry["data"], "pixel value", 0, 255, np.uint8)
     labels = _integers(path, entry[label_key], "label", 0, num_classes - 1, np.int64)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.ndim != 1 or len(data) != len(labels):

@@ -1,6 +1,7 @@
 """The base class of a sequential benchmark (class-incremental, or domain-incremental with ``DOMAIN_IL``)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -9,7 +10,7 @@ import torch
 
 from datasets.utils.provenance import describe_files, size_warning, synthetic_arrays, synthetic_sizes
 from datasets.utils.transforms import DeviceTransform
-from utils.errors import DataError
+from utils.errors import DataError, UserError
 from utils.seeding import derive_seed
 
 
@@ -184,8 +185,19 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int):
 
 def stratified_holdout(groups: torch.Tensor, percent: float, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """``--validation``: (kept, held-out) sample indices, ascending; ``round(percent / 100 * n)`` of each
-    group's ``n`` samples are held out, drawn by a generator derived from ``seed``."""
-    kept, held = stratified_split(groups.cpu().numpy(), percent / 100, derive_seed(seed, "validation") % 2 ** 32)
+    group's ``n`` samples are held out, drawn by a generator derived from ``seed``.  A percentage that would hold
+    out none (or all) of some group's samples is refused before any training: its validation accuracy would be
+    NaN (or the class never trained)."""
+    labels = groups.cpu().numpy()
+    sizes = np.unique(labels, return_counts=True)[1]
+    held_out = np.round(percent / 100 * sizes)
+    if (held_out == 0).any() or (held_out == sizes).any():
+        smallest = int(sizes.min())
+        raise UserError(f"--validation {percent:g} holds out {'no' if (held_out == 0).any() else 'every'} sample "
+                        f"of some class (the smallest has {smallest} training samples); --validation is a "
+                        f"percentage: give one between {math.ceil(5000 / smallest) / 100:g} and "
+                        f"{math.floor(100 * (100 - 50 / smallest)) / 100:g}")
+    kept, held = stratified_split(labels, percent / 100, derive_seed(seed, "validation") % 2 ** 32)
     return torch.from_numpy(kept), torch.from_numpy(held)
 
 

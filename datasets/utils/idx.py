@@ -83,6 +83,9 @@ def find_file(directory: str, stem: str) -> str | None:
         path = os.path.join(directory, name)
         if os.path.isfile(path):
             return path
+        if os.path.exists(path):  # a folder where the file belongs: not "missing", and not to be downloaded over
+            raise DataError(f"{path} is not a file (a folder or device where the IDX file belongs); remove it "
+                            f"and put the file there")
     return None
 
 

@@ -64,7 +64,7 @@ def decode_square(path: str, side: int = STORED_SIDE) -> np.ndarray:
             img = img.resize(size, Image.BILINEAR)
             left, top = (size[0] - side) // 2, (size[1] - side) // 2
             pixels = np.asarray(img.crop((left, top, left + side, top + side)))
-    except (OSError, SyntaxError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:  # a bomb is no OSError
         raise DataError(f"{path} is not a readable image ({describe_error(exc)})") from None
     return pixels.transpose(2, 0, 1)
 

@@ -152,7 +152,7 @@ def decode_jpeg(path: str) -> np.ndarray:
     try:
         with Image.open(path) as img:
             pixels = np.asarray(img.convert("RGB"))  # convert() decodes fully: truncation is caught here
-    except (OSError, SyntaxError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:  # a bomb is no OSError
         raise DataError(f"{path} is not a readable image ({describe_error(exc)})") from None
     if pixels.shape != IMAGE_SHAPE[1:] + IMAGE_SHAPE[:1]:
         raise DataError(f"{path} is {pixels.shape[1]}x{pixels.shape[0]} pixels; TinyImageNet images are 64x64")

@@ -5,6 +5,12 @@ The sweep file is the one ``wandb sweep`` reads (``program``, ``method: grid``,
 ``parameters`` with ``value`` / ``values``, optional ``command``).  Every
 combination of the parameters is one run; its command is the one a wandb agent
 would build (``${args}`` renders ``--key=value``), run with this Python.
+A sweep file is data (it may sit in a shared folder): one whose ``program`` is
+outside this repository, or whose ``command`` holds a word that is neither a
+``${...}`` macro nor a ``--flag``, runs only with ``--any_program``
+(``--dry_run`` prints what it would run).  Aliases, duplicate keys, values
+that are not numbers, words or true/false, and grids of more than
+``sweep.MAX_RUNS`` combinations are refused before anything is expanded.
 
 The sweep's values can be changed from the command line: ``--set KEY=VALUES``
 replaces (or adds) a parameter, its values separated by commas or spaces

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import time
 import uuid
 from typing import Optional
@@ -50,10 +51,13 @@ def _owner() -> dict:
 def read_claim(path: str) -> Optional[dict]:
     """The claim's content, ``{}`` while its creator has not written it yet, ``None`` when there is none."""
     try:
-        with open(path) as f:
-            text = f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # a planted link or FIFO: never followed
     except FileNotFoundError:
         return None
+    except OSError:
+        return {}
+    with os.fdopen(fd, "rb") as f:
+        text = f.read(4096).decode("utf-8", errors="replace") if stat.S_ISREG(os.fstat(fd).st_mode) else ""
     try:
         data = json.loads(text)
     except ValueError:
@@ -111,7 +115,7 @@ class Claim:
 
     def heartbeat(self) -> None:
         try:
-            os.utime(self.path)
+            os.utime(self.path, follow_symlinks=False)
         except FileNotFoundError:
             pass
 
@@ -128,7 +132,7 @@ class Claim:
 
 def _create(path: str) -> Optional[Claim]:
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644)
     except FileExistsError:
         return None
     owner = _owner()

@@ -7,7 +7,7 @@ import signal
 import sys
 from typing import Optional, Union
 
-from utils.cli import OneLineParser
+from utils.cli import OneLineParser, positive
 from utils.errors import UserError
 from utils.flags import DATA_PATH_ENV
 from utils.grid import claims, slurm
@@ -15,7 +15,7 @@ from utils.grid.check import valid_runs
 from utils.grid.local import run_grid
 from utils.grid.packs import PACK_AUTO_MAX, form_packs, pack_size, packable
 from utils.grid.processes import chosen_devices, device_slots
-from utils.grid.sweep import parse_set, plan
+from utils.grid.sweep import parse_set, plan, untrusted
 
 DESCRIPTION = ("Run a wandb grid sweep file locally: python -m utils.grid SWEEP.yaml --results_dir DIR [--jobs N] "
                "[--set KEY=VALUES ...] [--data_path PATH] [-- EXTRA FLAGS].")
@@ -68,7 +68,7 @@ def main(argv: Optional[list] = None) -> int:
                         "interrupted runs from there on restart; the program must take --checkpoint_dir and --resume")
     p.add_argument("--no_checkpoints", dest="checkpoints", action="store_false",
                    help="no checkpoints: an interrupted run starts over")
-    p.add_argument("--claim_timeout", type=float, default=claims.CLAIM_TIMEOUT_S,
+    p.add_argument("--claim_timeout", type=positive(float), default=claims.CLAIM_TIMEOUT_S,
                    help=f"seconds without a heartbeat after which another host's claim on a run is taken over "
                         f"(default {claims.CLAIM_TIMEOUT_S:g})")
     p.add_argument("--slurm", action="store_true",
@@ -77,7 +77,7 @@ def main(argv: Optional[list] = None) -> int:
     p.add_argument("--slurm_partition", help="SLURM partition")
     p.add_argument("--slurm_gpus_per_task", type=int, default=1, help="GPUs per array task (default 1)")
     p.add_argument("--slurm_array_parallelism", type=int, default=32, help="array tasks at once (default 32)")
-    p.add_argument("--slurm_time", type=int, default=24 * 60, help="minutes per task (default 1440)")
+    p.add_argument("--slurm_time", type=positive(int), default=24 * 60, help="minutes per task (default 1440)")
     p.add_argument("--slurm_local", action="store_true",
                    help="run the array with submitit's local executor on this machine (a test of the SLURM path)")
     p.add_argument("--set", action="append", nargs="+", default=[], metavar="KEY=VALUES",
@@ -90,6 +90,9 @@ def main(argv: Optional[list] = None) -> int:
                    help="every pending run's command is first parsed as its program would parse it; by default one "
                         "refused run stops the grid before anything starts (one line per distinct error); with "
                         "--skip_invalid the other runs go ahead")
+    p.add_argument("--any_program", action="store_true",
+                   help="run a sweep whose program is outside this repository or whose command holds words other "
+                        "than ${...} macros and --flags (check them first with --dry_run)")
     args = p.parse_args(argv)
     if args.jobs is not None and args.jobs < 1:
         p.error(f"--jobs must be at least 1, got {args.jobs}")
@@ -100,6 +103,10 @@ def main(argv: Optional[list] = None) -> int:
         overrides = parse_set([token for group in args.set for token in group])
         runs = plan(args.sweep, args.results_dir, checkpoints=args.checkpoints, overrides=overrides,
                     extra=extra, data_path=data_path)
+        why = None if args.any_program or args.dry_run else untrusted(args.sweep)
+        if why:
+            raise UserError(f"{args.sweep}: {why}; see what it would run with --dry_run and pass --any_program "
+                            f"to run it")
     except UserError as exc:
         print(f"utils.grid: error: {exc}", file=sys.stderr)
         return 2
@@ -127,6 +134,10 @@ def main(argv: Optional[list] = None) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # stopped like Ctrl-C: the runs are stopped too
     try:
         return 1 if run_grid(runs, slots=slots, claim_timeout_s=args.claim_timeout, pack_seeds=pack_seeds) else 0
+    except (UserError, OSError) as exc:  # a planted link or FIFO in the folder, a full disk, a file for a folder
+        print(f"utils.grid: error: {getattr(exc, 'strerror', None) or exc}"
+              + (f": {exc.filename}" if getattr(exc, "filename", None) else ""), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     finally:

@@ -86,6 +86,8 @@ def pack_refusal(members: List[GridRun]) -> Optional[str]:
         pack = make_pack(members)
     except UserError as exc:
         return str(exc)
+    if members[0].program not in pack.argv:
+        return "the sweep's command does not name its program (${program})"
     why, args = refusal(PACKED_PROGRAM, pack.argv[pack.argv.index(members[0].program) + 1:])
     if why is not None:
         return why

@@ -14,6 +14,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from utils.grid.runs import GridPack, GridRun, Unit
+from utils.io import open_created
 
 STOP_GRACE_S = 10.0   # how long stopped runs get to exit cleanly before they are killed
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
@@ -26,7 +27,7 @@ def clock(seconds: float) -> str:
 
 def log_tail(path: str) -> str:
     try:
-        with open(path, errors="replace") as f:
+        with open(path, encoding="utf-8", errors="replace") as f:
             lines = [line.strip() for line in f if line.strip()]
     except OSError:
         return ""
@@ -68,11 +69,11 @@ def open_log(unit: Unit):
         seeds = ",".join(str(run.params["seed"]) for run in unit.members)
         for run in unit.members:
             os.makedirs(os.path.dirname(run.log_file), exist_ok=True)
-            with open(run.log_file, mode) as log:
+            with open_created(run.log_file, append=mode == "a") as log:
                 log.write(command + f"seed {run.params['seed']} runs in one process with seeds {seeds}; "
                                     f"its output: {unit.log_file}\n")
     os.makedirs(os.path.dirname(unit.log_file), exist_ok=True)
-    log = open(unit.log_file, mode)
+    log = open_created(unit.log_file, append=mode == "a")  # never through a link planted in the folder
     log.write(command)
     log.flush()
     return log

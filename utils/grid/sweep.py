@@ -4,6 +4,7 @@ results files, logs and checkpoint folders."""
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import sys
 from typing import Dict, List, Optional
@@ -14,19 +15,33 @@ from utils.grid.runs import GridRun
 
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
 RUNNER_FLAGS = ("results_file", "results_dir", "checkpoint_dir", "resume")  # the runner sets these itself
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
+MAX_RUNS = 100_000  # a grid larger than this is a typo (it would not finish); counted before it is expanded
+SWEEP_BYTES = 1 << 20  # a sweep file is a page of text; more is not a sweep file
 
 
 def load_sweep(path: str) -> dict:
     import yaml  # optional until a sweep file is read
     try:
-        with open(path) as f:
-            sweep = yaml.safe_load(f)
+        with open(path, "rb") as f:
+            data = f.read(SWEEP_BYTES + 1)
+        if len(data) > SWEEP_BYTES:
+            raise UserError(f"sweep file {path} is larger than {SWEEP_BYTES} bytes; it is not a sweep file")
+        sweep = yaml.load(data.decode("utf-8"), Loader=strict_loader())
     except OSError as exc:
-        raise UserError(f"cannot read sweep file {path}: {exc.strerror}") from None
+        raise UserError(f"cannot read sweep file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"sweep file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                        f"{exc.start})") from None
     except yaml.YAMLError as exc:
         raise UserError(f"sweep file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(sweep, dict):
         raise UserError(f"sweep file {path} must be a mapping with 'program' and 'parameters'")
+    if not isinstance(sweep.get("program", ""), str):
+        raise UserError(f"{path}: 'program' must be a file name, got {sweep['program']!r:.80}")
+    command = sweep.get("command")
+    if command is not None and not (isinstance(command, list) and all(isinstance(c, str) for c in command)):
+        raise UserError(f"{path}: 'command' must be a list of words, got {command!r:.80}")
     if sweep.get("method", "grid") != "grid":
         raise UserError(f"{path}: method {sweep['method']!r} needs the wandb controller; "
                         f"the local runner runs 'method: grid' only")
@@ -48,7 +63,11 @@ def parameter_values(path: str, sweep: dict, block: str = "parameters") -> Dict[
             values[name] = list(spec["values"])
         else:
             raise UserError(f"{path}: parameter {name!r} needs 'value' or a non-empty list 'values' "
-                            f"for a grid (got {spec!r})")
+                            f"for a grid (got {spec!r:.80})")
+        bad = [v for v in values[name] if not isinstance(v, (str, int, float, bool))]
+        if bad or not isinstance(name, str):
+            raise UserError(f"{path}: parameter {name!r:.80} has a value that is not a number, word or "
+                            f"true/false: {(bad or [name])[0]!r:.80}")
     return values
 
 
@@ -78,8 +97,12 @@ def expand(sweep: dict, path: str = "sweep", overrides: Optional[Dict[str, list]
 
     ``overrides`` (``--set``) replaces a parameter's values, or adds the parameter after the sweep's; a
     ``per_model`` entry then replaces (or adds) values for the runs of its method only, combinations it
-    makes identical counted once."""
+    makes identical counted once.  More than ``MAX_RUNS`` combinations are refused before any is built."""
     values = {**parameter_values(path, sweep), **(overrides or {})}
+    count = math.prod(len(v) for v in values.values())
+    if count > MAX_RUNS:
+        raise UserError(f"{path}: the grid has {count} combinations, more than the {MAX_RUNS} the runner "
+                        f"accepts; split the sweep or fix its values")
     combos = [dict(zip(values, combo)) for combo in itertools.product(*values.values())]
     per_model = per_model_values(path, sweep, values)
     if not per_model:
@@ -88,6 +111,9 @@ def expand(sweep: dict, path: str = "sweep", overrides: Optional[Dict[str, list]
     out, seen = [], set()
     for combo in combos:
         own = per_model.get(str(combo.get(key)), {})
+        if len(out) + math.prod(len(v) for v in own.values()) > MAX_RUNS:
+            raise UserError(f"{path}: the grid with its per_model values has more than the {MAX_RUNS} "
+                            f"combinations the runner accepts; split the sweep or fix its values")
         for chosen in itertools.product(*own.values()):
             run = {**combo, **dict(zip(own, chosen))}
             identity = tuple(sorted((k, canonical(v)) for k, v in run.items()))
@@ -95,6 +121,31 @@ def expand(sweep: dict, path: str = "sweep", overrides: Optional[Dict[str, list]
                 seen.add(identity)
                 out.append(run)
     return out
+
+
+def strict_loader():
+    """A safe YAML loader for sweep files that refuses aliases (``*name``: a few hundred bytes of them expand
+    into billions of values) and duplicate keys (which YAML would resolve silently, the last one winning)."""
+    import yaml  # optional until a sweep file is read
+
+    class Strict(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise yaml.YAMLError(f"aliases (*name) are not allowed in a sweep file (line {mark.line + 1})")
+            return super().compose_node(parent, index)
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if not isinstance(key, (str, int, float, bool)):
+                    raise yaml.YAMLError(f"a key that is not a word or number (line {key_node.start_mark.line + 1})")
+                if key in seen:
+                    raise yaml.YAMLError(f"duplicate key {key!r} (line {key_node.start_mark.line + 1})")
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+    return Strict
 
 
 def _typed(text: str):
@@ -117,7 +168,7 @@ def parse_set(tokens: List[str]) -> Dict[str, list]:
             key, _, text = token.partition("=")
             if not key or key.startswith("-"):
                 raise UserError(f"--set needs KEY=VALUE (a parameter name without dashes), got {token!r}")
-            if key in RUNNER_FLAGS:
+            if any(flag.startswith(key) for flag in RUNNER_FLAGS):
                 raise UserError(f"--set {key}: the runner sets --{key} itself (give --results_dir)")
             values[key] = []
         elif key is None:
@@ -184,6 +235,8 @@ def plan(sweep_path: str, results_dir: str, interpreter: str = sys.executable, c
     ``overrides``: parameter values replaced or added (``--set``); ``extra``: flags appended to every
     command (after ``--``), named in the results name unless operational; ``data_path``: every run's
     ``--data_path`` (replacing the sweep's)."""
+    if os.path.exists(results_dir) and not os.path.isdir(results_dir):
+        raise UserError(f"--results_dir {results_dir!r} is a file, not a folder")
     sweep = load_sweep(sweep_path)
     program = str(sweep["program"])
     if not os.path.exists(program):
@@ -200,6 +253,11 @@ def plan(sweep_path: str, results_dir: str, interpreter: str = sys.executable, c
             raise UserError(f"extra flag --{name} is a parameter of {sweep_path}: give --set {name}=VALUE "
                             f"to change its values" + (" (or --data_path)" if name == "data_path" else ""))
     keys = list(dict.fromkeys(k for c in combos for k in c))
+    for key in keys:
+        if any(flag.startswith(str(key)) and flag != key for flag in RUNNER_FLAGS):
+            raise UserError(f"{sweep_path}: parameter {key!r} abbreviates a runner flag "
+                            f"({', '.join('--' + f for f in RUNNER_FLAGS if f.startswith(str(key)))}); "
+                            f"give flags in full (the runner sets those itself)")
     varying = [k for k in keys if len({canonical(c.get(k)) for c in combos}) > 1]
     runs, seen = [], set()
     for params in combos:
@@ -217,6 +275,20 @@ def plan(sweep_path: str, results_dir: str, interpreter: str = sys.executable, c
                             os.path.join(results_dir, "logs", name + ".log"),
                             command + runner_flags(results_file, checkpoint_dir), checkpoint_dir, command, program))
     return runs
+
+
+def untrusted(sweep_path: str) -> Optional[str]:
+    """Why a sweep file would run something other than this repository's programs with the sweep's flags (a
+    program outside the repository, a command word that is neither a ``${...}`` macro nor a ``--flag``), or
+    ``None``.  A sweep file in a shared folder is data: what it runs needs the user's consent (``--any_program``)."""
+    sweep = load_sweep(sweep_path)
+    program = os.path.realpath(sweep["program"])
+    if os.path.commonpath([program, REPOSITORY]) != REPOSITORY:
+        return f"its program {sweep['program']!r} is outside the repository ({REPOSITORY})"
+    for word in sweep.get("command") or []:
+        if not (word.startswith("${") and word.endswith("}") or word.startswith("--")):
+            return f"its command runs {word!r} (only ${{...}} macros and --flag words are run without asking)"
+    return None
 
 
 def runner_flags(results_file: str, checkpoint_dir: Optional[str]) -> List[str]:

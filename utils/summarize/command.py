@@ -9,6 +9,7 @@ from typing import Dict, List, Optional
 import pandas as pd
 
 from utils.cli import OneLineParser
+from utils.errors import UserError
 from utils.io import atomic_write_bytes
 from utils.summarize import plots
 from utils.summarize.figures import draw_plots
@@ -41,6 +42,10 @@ class SelectionError(Exception):
     """--select_on validation cannot be done: the message is the one line to print."""
 
 
+class OutputError(Exception):
+    """The tables cannot be written: the message is the one line to print."""
+
+
 def _print_table(report, table: pd.DataFrame, columns: Optional[List[str]]) -> None:
     """The table, only ``columns`` when given, cut into parts that fit the terminal."""
     if columns:
@@ -51,10 +56,12 @@ def _print_table(report, table: pd.DataFrame, columns: Optional[List[str]]) -> N
 
 def summarize_part(records: List[dict], report, select_on: Optional[str] = None, plots_dir: Optional[str] = None,
                    latex: Optional[str] = None, title: str = "", group_by: Optional[List[str]] = None,
-                   ignore: tuple = (), columns: Optional[List[str]] = None) -> tuple:
+                   ignore: tuple = (), columns: Optional[List[str]] = None, later: Optional[list] = None) -> tuple:
     """Print the tables of one set of runs (full, or partial); returns (numeric rows, Markdown sections).
     ``group_by`` / ``ignore``: the flags that define a configuration (``utils.summarize.configs``);
-    ``columns``: the metrics printed (all are written)."""
+    ``columns``: the metrics printed (all are written).  The LaTeX and plots are appended to ``later`` as
+    (where, write) pairs, written after the tables."""
+    later = [] if later is None else later
     frames = _frames(records)
     cl, lt = frames["cl"], frames["long-tail"]
     suffix = f" ({title})" if title else ""
@@ -84,9 +91,9 @@ def summarize_part(records: List[dict], report, select_on: Optional[str] = None,
                    f"[95% CI] p (n pairs)")
             _print_table(report, table, columns)
             markdown.append(f"## {dataset}, buffer {buffer}{suffix}\n\n{to_markdown(table)}\n")
-        if latex:
-            atomic_write_bytes(latex, to_latex(cl_stats).encode())
-            report(f"wrote {latex}")
+        if latex:  # written after the tables (summarize): a bad --latex path never costs them
+            later.append((latex, lambda stats=cl_stats: (atomic_write_bytes(latex, to_latex(stats).encode()),
+                                                        report(f"wrote {latex}"))))
     elif latex:
         report(f"no LaTeX table{suffix}: no continual-learning runs")
     if not lt.empty:
@@ -102,8 +109,8 @@ def summarize_part(records: List[dict], report, select_on: Optional[str] = None,
         if not plots.available():
             report(f"cannot draw --plots: {plots.MISSING_MATPLOTLIB}")
         else:
-            written = draw_plots(cl, cl_stats, lt_stats, plots_dir, report)
-            report(f"wrote {len(written)} plots to {plots_dir}")
+            later.append((plots_dir, lambda cl=cl, cl_stats=cl_stats, lt_stats=lt_stats: report(
+                f"wrote {len(draw_plots(cl, cl_stats, lt_stats, plots_dir, report))} plots to {plots_dir}")))
     return numeric, markdown
 
 
@@ -116,8 +123,9 @@ def summarize(directory: str, plots_dir: Optional[str] = None, latex: Optional[s
     elsewhere, e.g. ``read_wandb``; ``source`` names where for the messages).
 
     Raises ``SelectionError`` when ``select_on`` cannot be done, ``ConfigurationError`` when a seed appears
-    twice in one configuration."""
-    report = lambda line: print(line, file=out or sys.stdout, flush=True)
+    twice in one configuration, ``OutputError`` when the tables cannot be written."""
+    stream = out or sys.stdout
+    report = lambda line: print(printable(line, stream), file=stream, flush=True)
     if records is None:
         records = read_directory(directory, report)
     else:
@@ -140,16 +148,19 @@ def summarize(directory: str, plots_dir: Optional[str] = None, latex: Optional[s
     if select_on == "validation" and cl_runs and all(math.isnan(r["val_class_il"]) for r in cl_runs):
         raise SelectionError(f"--select_on validation: none of the {len(cl_runs)} continual-learning results files "
                              f"has a 'validation' field (run with --validation PCT)")
-    numeric, markdown = [], []
+    numeric, markdown, later = [], [], []
     for runs, title, part_plots, part_latex in parts:
         part_numeric, part_markdown = summarize_part(runs, report, select_on, part_plots, part_latex, title,
-                                                      group_by, ignore, columns)
+                                                      group_by, ignore, columns, later)
         numeric += [frame.assign(partial=bool(title)) for frame in part_numeric]
         markdown += part_markdown
-    csv = pd.concat(numeric, ignore_index=True).to_csv(index=False)
-    atomic_write_bytes(os.path.join(directory, "summary.csv"), csv.encode())
-    atomic_write_bytes(os.path.join(directory, "summary.md"), "\n".join(markdown).encode())
+    csv = no_formulas(pd.concat(numeric, ignore_index=True)).to_csv(index=False)
+    for name, text in (("summary.csv", csv), ("summary.md", "\n".join(markdown))):
+        write_output(os.path.join(directory, name), lambda path=os.path.join(directory, name), text=text:
+                     atomic_write_bytes(path, text.encode()), fatal=True)
     report(f"\nwrote {os.path.join(directory, 'summary.csv')} and {os.path.join(directory, 'summary.md')}")
+    for where, write in later:
+        write_output(where, write, report=report)
     return sum(len(runs) for runs, *_ in parts)
 
 
@@ -161,8 +172,46 @@ def _lt_columns() -> list:
     return [(epoch, metric) for epoch in LT_EPOCHS for metric in LT_METRICS]
 
 
+def write_output(where: str, write, fatal: bool = False, report=print) -> None:
+    """Run ``write()``; an error is one line (``OutputError`` when ``fatal``, else reported and passed over)."""
+    try:
+        write()
+    except (OSError, UserError, ValueError) as exc:
+        line = f"cannot write {where}: {getattr(exc, 'strerror', None) or one_line(exc)}"
+        if fatal:
+            raise OutputError(line) from None
+        report(line)
+
+
+def no_formulas(frame: pd.DataFrame) -> pd.DataFrame:
+    """Text cells a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``, tab, CR first) quoted with
+    ``'``: a results file's words (a dataset or method name) reach summary.csv."""
+    def quoted(value):
+        return "'" + value if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+    return frame.apply(lambda column: column if pd.api.types.is_numeric_dtype(column) else column.map(quoted))
+
+
+def printable(line: str, stream) -> str:
+    """``line`` as ``stream`` can encode it (an ASCII-only terminal gets ``+-`` for ``±``)."""
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    try:
+        line.encode(encoding)
+        return line
+    except (UnicodeEncodeError, LookupError):
+        return line.replace("±", "+-").encode("ascii", errors="replace").decode("ascii")
+
+
 def main(argv: Optional[list] = None, api=None) -> int:
-    """The command; ``api`` stands for ``wandb.Api()`` (tests pass an object with the same methods)."""
+    """The command; ``api`` stands for ``wandb.Api()`` (tests pass an object with the same methods).
+    Ctrl-C is one line and exit code 130 (files are written atomically: none is left half-written)."""
+    try:
+        return command(argv, api)
+    except KeyboardInterrupt:
+        print("python -m utils.summarize: interrupted", file=sys.stderr)
+        return 130
+
+
+def command(argv: Optional[list], api) -> int:
     p = OneLineParser(prog="python -m utils.summarize", description=DESCRIPTION)
     p.add_argument("directory", nargs="?",
                    help="directory searched recursively for results files (*.json); with --wandb, where the "
@@ -217,7 +266,7 @@ def main(argv: Optional[list] = None, api=None) -> int:
         used = summarize(args.directory, args.plots, args.latex, args.select_on, args.include_partial,
                          records=records, source=source, group_by=args.group_by, ignore=args.ignore,
                          columns=args.columns)
-    except (SelectionError, ConfigurationError) as exc:
+    except (SelectionError, ConfigurationError, OutputError) as exc:
         print(f"{p.prog}: error: {exc}", file=sys.stderr)
         return 2
     return 0 if used else 1

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from backbone.heads import get_head_class, head_names
@@ -42,6 +43,7 @@ LT_EPOCHS = {"final epoch": "final_epoch", "best epoch (selected on test)": "bes
 # Arguments that do not define what a run computes, beyond the operational flags: the seed varies within a
 # cell by design, the alias resolves to the model and flags, and --load_best_args to the values it sets.
 NOT_COMPARED = OPERATIONAL_FLAGS | {"seed", "model_name", "load_best_args"}
+MAX_RESULTS_BYTES = 64 << 20  # results files are kilobytes; a larger *.json is something else
 
 
 def lt_key(epoch: str, label: str) -> str:
@@ -54,19 +56,33 @@ class ResultsError(ValueError):
 
 
 def load_json(path: str) -> dict:
-    """A file's JSON mapping (any mapping)."""
+    """A file's JSON mapping (any mapping).  A FIFO, device or socket named ``*.json`` (which would block or
+    never end) and a file larger than ``MAX_RESULTS_BYTES`` are refused without reading them."""
     try:
-        with open(path, encoding="utf-8") as f:
-            results = json.load(f)
+        results = json.loads(read_regular(path, MAX_RESULTS_BYTES).decode("utf-8"))
     except OSError as exc:
         raise ResultsError(f"cannot read it ({exc.strerror or exc})") from None
     except UnicodeDecodeError:
         raise ResultsError("not UTF-8 text") from None
+    except RecursionError:
+        raise ResultsError("not a results file (nested too deep)") from None
     except ValueError as exc:
         raise ResultsError(f"not valid JSON ({exc})") from None
     if not isinstance(results, dict):
         raise ResultsError("not a results file (not a JSON mapping)")
     return results
+
+
+def read_regular(path: str, limit: int) -> bytes:
+    """The bytes of the regular file at ``path`` (a link to one is followed), or ``ResultsError``."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once instead of waiting for a writer
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ResultsError("not a regular file")
+        if info.st_size > limit:
+            raise ResultsError(f"larger than {limit} bytes ({info.st_size}); not a results file")
+        return f.read(limit + 1)
 
 
 def load(path: str) -> dict:
@@ -95,6 +111,8 @@ def number(mapping: dict, key: str, where: str = "", nullable: bool = False) -> 
 def _field(args: dict, key: str):
     if args.get(key) is None:
         raise ResultsError(f"field 'args.{key}' is missing")
+    if isinstance(args[key], (bool, list, dict)):  # a table groups by it: a word or a number
+        raise ResultsError(f"field 'args.{key}' is not a word or number ({str(args[key])[:40]})")
     return args[key]
 
 
