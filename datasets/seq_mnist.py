@@ -68,8 +68,6 @@ class SequentialMNIST(ContinualDataset):
             problem = try_download_mnist(self.data_path)
             missing = self.missing_files()
             if missing:
-                raise DataError(f"MNIST files missing: {', '.join(missing)} (optionally .gz) must be in "
-                                f"{self.raw_dir()} and downloading failed ({problem}); download them by hand "
-                                f"({', '.join(s + '.gz' for s in missing)}) from {' or '.join(MNIST_MIRRORS)} "
-                                f"into {self.raw_dir()}")
+                raise DataError(f"MNIST files missing in {self.raw_dir()}: {', '.join(missing)}; download failed "
+                                f"({problem}); fetch the .gz files by hand from {' or '.join(MNIST_MIRRORS)}")
         return tuple(load_mnist_split(self.raw_dir(), *MNIST_FILES[s]) for s in ("train", "test"))

@@ -124,7 +124,9 @@ def test_abbreviated_flags_are_refused_not_completed(capsys, tmp_path, module, f
 
 
 def write_sweep(folder, **top):
-    sweep = {"program": "main.py", "method": "grid", "parameters": {"seed": {"values": [1, 2]}}, **top}
+    parameters = {"dataset": {"value": "seq-digits"}, "model": {"value": "sgd"}, "lr": {"value": 0.1},
+                  "seed": {"values": [1, 2]}}  # a valid main.py run (the grid parses every run before it starts)
+    sweep = {"program": "main.py", "method": "grid", "parameters": parameters, **top}
     path = folder / "s.yaml"
     path.write_text(yaml.safe_dump(sweep))
     return str(path)
@@ -136,12 +138,13 @@ def test_sweep_keys_that_abbreviate_runner_flags_are_refused(tmp_path):
         plan(sweep, str(tmp_path / "R"))
 
 
-@pytest.mark.parametrize("top,why", [
-    ({"program": "/bin/sh"}, "outside the repository"),
-    ({"command": ["/bin/sh", "-c", "touch pwned", "${args}"]}, "its command runs '/bin/sh'"),
-    ({"command": ["${env}", "bash", "${program}", "${args}"]}, "its command runs 'bash'"),
+@pytest.mark.parametrize("top,why,dry_run_code", [
+    ({"program": "/bin/sh"}, "outside the repository", 0),
+    # main.py would refuse the words this command puts before the flags: the dry run says so, exit code 2
+    ({"command": ["/bin/sh", "-c", "touch pwned", "${args}"]}, "its command runs '/bin/sh'", 2),
+    ({"command": ["${env}", "bash", "${program}", "${args}"]}, "its command runs 'bash'", 0),
 ])
-def test_a_sweep_that_runs_another_program_needs_consent(capsys, tmp_path, monkeypatch, top, why):
+def test_a_sweep_that_runs_another_program_needs_consent(capsys, tmp_path, monkeypatch, top, why, dry_run_code):
     monkeypatch.chdir(ROOT)
     sweep = write_sweep(tmp_path, **top)
     said = untrusted(sweep)
@@ -149,7 +152,7 @@ def test_a_sweep_that_runs_another_program_needs_consent(capsys, tmp_path, monke
     assert grid_main([sweep, "--results_dir", str(tmp_path / "R")]) == 2
     one_line(capsys.readouterr().err, why, "--any_program", "--dry_run")
     assert not (tmp_path / "R").exists() and not (tmp_path / "pwned").exists()
-    assert grid_main([sweep, "--results_dir", str(tmp_path / "R"), "--dry_run"]) == 0  # shows what would run
+    assert grid_main([sweep, "--results_dir", str(tmp_path / "R"), "--dry_run"]) == dry_run_code  # shows what would run
     assert said.split("'")[1] in capsys.readouterr().out
 
 

@@ -110,10 +110,11 @@ def main(argv: Optional[list] = None) -> int:
     except UserError as exc:
         print(f"utils.grid: error: {exc}", file=sys.stderr)
         return 2
-    runs = valid_runs(runs, [run for run in runs if not os.path.exists(run.results_file)], args.skip_invalid,
-                      sys.stderr)
-    if runs is None:
+    valid = valid_runs(runs, [run for run in runs if not os.path.exists(run.results_file)], args.skip_invalid,
+                       sys.stderr)
+    if valid is None and not args.dry_run:
         return 2
+    runs = runs if valid is None else valid  # a dry run that refuses still shows every command
     if args.slurm and not args.slurm_local:
         gpus, on_gpus = [], args.slurm_gpus_per_task > 0  # each array task has GPUs of its own
     else:
@@ -124,6 +125,10 @@ def main(argv: Optional[list] = None) -> int:
                            1 if args.slurm or args.slurm_local else len(slots))
     if args.dry_run:
         pending = [run for run in runs if not os.path.exists(run.results_file)]
+        if valid is None:  # refused (said above): every command as it stands, unpacked
+            for run in pending:
+                print(" ".join(run.argv))
+            return 2
         for unit in form_packs(pending, packable(pending, pack_seeds, sys.stderr), pack_seeds):
             print(" ".join(unit.argv))
         return 0
