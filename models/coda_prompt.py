@@ -28,7 +28,7 @@ from torch import nn
 from backbone.prompted_vit import Prompts
 from models import register_model
 from models.dualprompt import check_layers
-from models.prompt_model import PromptModel, prompt_flags
+from models.prompt_model import HELP, PromptModel, prompt_flags
 from utils.cli import Flag, comma_list, non_negative, non_negative_int, positive
 from utils.errors import UserError
 from utils.seeding import make_generator
@@ -103,8 +103,8 @@ class CodaPrompt(PromptModel):
         **prompt_flags(clip_grad=0.0),                                          # no clipping in learners/prompt.py
         "prompt_layers": Flag(comma_list(non_negative_int), [0, 1, 2, 3, 4], "blocks with prompts (e.g. 0,1,2,3,4)",
                               metavar="I,J,..."),                               # models/zoo.py: e_layers [0..4]
-        "pool_size": Flag(positive(int), 100, "prompt components per block, split evenly among the tasks"),
-        "prompt_length": Flag(positive(int), 8, "rows per component (half prefix keys, half values)"),
+        "pool_size": Flag(positive(int), 100, HELP["pool_size"]),
+        "prompt_length": Flag(positive(int), 8, HELP["prompt_length"]),
         "ortho_weight": Flag(non_negative(float), 0.0, "weight of the orthogonality penalty (mu)"),
     }  # experiments/*.sh: --prompt_param 100 8 0.0 (pool, length, mu; "with updated code, now can be 0")
     # --load_best_args: configs/cifar-100_prompt.yaml (batch 128, 20 epochs, Adam lr 0.001, cosine) and

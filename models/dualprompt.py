@@ -26,7 +26,7 @@ from torch import nn
 
 from backbone.prompted_vit import Prompts
 from models import register_model
-from models.prompt_model import PromptModel, prompt_flags, uniform_
+from models.prompt_model import HELP, PromptModel, prompt_flags, uniform_
 from utils.cli import Flag, comma_list, non_negative, non_negative_int, positive
 from utils.errors import UserError
 
@@ -86,9 +86,9 @@ class DualPrompt(PromptModel):
         "g_prompt_length": Flag(positive(int), 5, "G-prompt keys (and values) per block"),  # --g_prompt_length 5
         "e_prompt_layers": Flag(comma_list(non_negative_int), [2, 3, 4], "blocks with the E-prompt (e.g. 2,3,4)",
                                 metavar="I,J,..."),                                     # --e_prompt_layer_idx 2 3 4
-        "prompt_length": Flag(positive(int), 5, "E-prompt keys (and values) per block"),  # --length 5 (ImR: 20)
-        "pool_size": Flag(positive(int), 10, "E-prompts (at least the benchmark's tasks)"),  # --size 10
-        "key_weight": Flag(non_negative(float), 1.0, "weight of the key-matching loss"),  # pull_constraint_coeff 1.0
+        "prompt_length": Flag(positive(int), 5, HELP["prompt_length"]),  # --length 5 (ImR: 20)
+        "pool_size": Flag(positive(int), 10, HELP["pool_size"]),  # --size 10
+        "key_weight": Flag(non_negative(float), 1.0, HELP["key_weight"]),  # pull_constraint_coeff 1.0
     }
     # --load_best_args: dualprompt-pytorch configs/cifar100_dualprompt.py (batch 24, 5 epochs, lr 0.03 x 24/256,
     # E-prompt length 5) and configs/imr_dualprompt.py (50 epochs, lr 0.005 x 24/256, length 20); CUB-200: no

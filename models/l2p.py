@@ -24,7 +24,7 @@ from torch import nn
 
 from backbone.prompted_vit import POOLS, Prompts
 from models import register_model
-from models.prompt_model import PromptModel, prompt_flags, uniform_
+from models.prompt_model import HELP, PromptModel, prompt_flags, uniform_
 from utils.cli import Flag, non_negative, positive
 
 
@@ -61,10 +61,10 @@ class L2P(PromptModel):
     DEFAULT_LR = 0.001875  # 0.03 x batch 16 / 256 (l2p-pytorch configs/cifar100_l2p.py, --unscale_lr); PILOT: init_lr
     FLAGS = {
         **prompt_flags(clip_grad=1.0),                                   # l2p-pytorch: --clip-grad 1.0
-        "pool_size": Flag(positive(int), 10, "prompts in the pool (M)"),  # l2p-pytorch: --size 10
-        "prompt_length": Flag(positive(int), 5, "tokens per prompt (L_p)"),  # --length 5
+        "pool_size": Flag(positive(int), 10, HELP["pool_size"]),  # l2p-pytorch: --size 10
+        "prompt_length": Flag(positive(int), 5, HELP["prompt_length"]),  # --length 5
         "top_k": Flag(positive(int), 5, "prompts chosen per image (N)"),  # --top_k 5
-        "key_weight": Flag(non_negative(float), 0.1, "weight of the key-matching loss (lambda)"),  # pull_constraint_coeff
+        "key_weight": Flag(non_negative(float), 0.1, HELP["key_weight"]),  # pull_constraint_coeff
         "head_type": Flag(pool_name, "prompt", "what the head reads: prompt (the mean of the prompt tokens' outputs, "
                                                "the paper) or cls (the class token)", metavar="{prompt,cls}"),
     }

@@ -31,9 +31,19 @@ from utils.cli import Flag, non_negative
 ADAM_BETAS = (0.9, 0.999)  # l2p-pytorch and dualprompt-pytorch configs (--opt-betas); CODA-Prompt: (momentum 0.9, 0.999)
 
 
+HELP = {  # flags the three methods share (each with its own default, which --help lists)
+    "clip_grad": "clip the gradient norm to this (0: no clipping)",
+    "pool_size": "L2P: prompts in the pool; DualPrompt: E-prompts (at least the tasks); CODA-Prompt: components "
+                 "per block, split among the tasks",
+    "prompt_length": "L2P: tokens per prompt; DualPrompt: E-prompt keys and values per block; CODA-Prompt: rows per "
+                     "component, half prefix keys, half values",
+    "key_weight": "weight of the key-matching loss",
+}
+
+
 def prompt_flags(clip_grad: float) -> dict:
     return {"feature_cache": FrozenFeatureModel.FLAGS["feature_cache"],
-            "clip_grad": Flag(non_negative(float), clip_grad, "clip the gradient norm to this (0: no clipping)")}
+            "clip_grad": Flag(non_negative(float), clip_grad, HELP["clip_grad"])}
 
 
 def uniform_(shape, low: float = -1.0, high: float = 1.0) -> torch.nn.Parameter:

@@ -150,24 +150,45 @@ def build_parser() -> OneLineParser:
     s.add_argument("--num_threads", type=positive(int, high=os.cpu_count() or 1), metavar=f"1..{os.cpu_count() or 1}",
                    help="CPU threads for torch (default: the dataset's choice, else torch's)")
     add_stream_flags(p)
+    defaults = default_texts()
     for owners, flags in owned_flags().items():
         group = p.add_argument_group(f"flags of {', '.join(owners)}")
         for name, flag in flags.items():
-            default = "" if flag.default is None else f" (default {flag.default})"
+            default = defaults.get(name, "")
             group.add_argument(f"--{name}", type=flag.type, metavar=flag.metavar or type_metavar(flag.type),
                                help=flag.help + (" (required)" if flag.required else default))
     return p
 
 
+def flag_classes() -> list:
+    """(name, class) of every registered method, head and backbone that declares flags."""
+    classes = [(n, get_model_class(n)) for n in model_names()] + [(n, get_head_class(n)) for n in head_names()]
+    return classes + [(n, get_backbone_class(n)) for n in backbone_names() if hasattr(get_backbone_class(n), "FLAGS")]
+
+
 def flag_owners() -> dict:
     """flag name -> (its Flag, the names of the methods and heads declaring it), over every registered class."""
     owners: dict = {}
-    classes = [(n, get_model_class(n)) for n in model_names()] + [(n, get_head_class(n)) for n in head_names()]
-    classes += [(n, get_backbone_class(n)) for n in backbone_names() if hasattr(get_backbone_class(n), "FLAGS")]
-    for owner, cls in classes:
+    for owner, cls in flag_classes():
         for name, flag in cls.FLAGS.items():
             owners.setdefault(name, (flag, []))[1].append(owner)
     return owners
+
+
+def default_texts() -> dict:
+    """flag name -> how --help states its default: "(default X)", or, where its owners declare different
+    defaults, the most common one and the others with their owners."""
+    by_value: dict = {}
+    for owner, cls in flag_classes():
+        for name, flag in cls.FLAGS.items():
+            if flag.default is not None:
+                by_value.setdefault(name, {}).setdefault(str(flag.default), []).append(owner)
+    texts = {}
+    for name, values in by_value.items():
+        ranked = sorted(values.items(), key=lambda item: -len(item[1]))
+        others = "".join(f"; {value} for {', '.join(owners)}" for value, owners in ranked[1:])
+        texts[name] = f" (default {ranked[0][0]}{others})"
+    return texts
 
 
 def owned_flags() -> dict:
