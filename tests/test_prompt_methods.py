@@ -220,3 +220,17 @@ def test_every_method_runs_on_every_benchmark(data_root, model, dataset, head, t
                       *MICRO[model], *fixed]) == 0
     results = json.loads(out.read_text())
     assert len(results["acc_matrix_class_il"]) == 2 and results["partial"]
+
+
+def test_pretrained_file_weights_are_the_query_and_prompted_network(make_args, data_root, tmp_path):
+    source = micro_run(make_args, data_root, "dualprompt", "--seed", "3").model.backbone.net
+    path = tmp_path / "vit.pth"
+    torch.save(source.state_dict(), path)
+    run = micro_run(make_args, data_root, "dualprompt", "--pretrained", str(path))
+    net = run.model.backbone.net
+    assert not torch.equal(micro_run(make_args, data_root, "dualprompt").model.backbone.net.cls_token,
+                           source.cls_token)                             # another seed: other random weights
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in net.state_dict().items())
+    x = run.transform.test(run.test.x[:2])
+    with torch.no_grad():
+        torch.testing.assert_close(run.model.backbone.query(x), source(x))
