@@ -27,8 +27,7 @@ from torch import nn
 
 from backbone.prompted_vit import Prompts
 from models import register_model
-from models.dualprompt import check_layers
-from models.prompt_model import HELP, PromptModel, prompt_flags
+from models.prompt_model import HELP, PromptModel, check_layers, prompt_flags
 from utils.cli import Flag, comma_list, non_negative, non_negative_int, positive
 from utils.errors import UserError
 from utils.seeding import make_generator

@@ -26,16 +26,8 @@ from torch import nn
 
 from backbone.prompted_vit import Prompts
 from models import register_model
-from models.prompt_model import HELP, PromptModel, prompt_flags, uniform_
+from models.prompt_model import HELP, PromptModel, check_layers, prompt_flags, uniform_
 from utils.cli import Flag, comma_list, non_negative, non_negative_int, positive
-from utils.errors import UserError
-
-
-def check_layers(layers: list, depth: int, flag: str) -> None:
-    bad = [i for i in layers if i >= depth]
-    if bad:
-        raise UserError(f"--{flag} {','.join(map(str, layers))}: block {bad[0]} does not exist; the backbone has "
-                        f"blocks 0-{depth - 1}")
 
 
 class DualPrompter(nn.Module):

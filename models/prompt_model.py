@@ -27,8 +27,9 @@ from backbone.vit import TimmViT
 from models.continual_model import ContinualModel
 from models.frozen_features import UNSEEN, FrozenFeatureModel
 from utils.cli import Flag, non_negative
+from utils.errors import UserError
 
-ADAM_BETAS = (0.9, 0.999)  # l2p-pytorch and dualprompt-pytorch configs (--opt-betas); CODA-Prompt: (momentum 0.9, 0.999)
+ADAM_BETAS = (0.9, 0.999)  # l2p- and dualprompt-pytorch configs (--opt-betas); CODA-Prompt: (momentum 0.9, 0.999)
 
 
 HELP = {  # flags the three methods share (each with its own default, which --help lists)
@@ -46,6 +47,13 @@ def prompt_flags(clip_grad: float) -> dict:
             "clip_grad": Flag(non_negative(float), clip_grad, HELP["clip_grad"])}
 
 
+def check_layers(layers: list, depth: int, flag: str) -> None:
+    bad = [i for i in layers if i >= depth]
+    if bad:
+        raise UserError(f"--{flag} {','.join(map(str, layers))}: block {bad[0]} does not exist; the backbone has "
+                        f"blocks 0-{depth - 1}")
+
+
 def uniform_(shape, low: float = -1.0, high: float = 1.0) -> torch.nn.Parameter:
     """A parameter drawn uniformly from [low, high) (the papers' ``prompt_init uniform``), global generator."""
     return torch.nn.Parameter(torch.empty(shape).uniform_(low, high))
@@ -61,7 +69,8 @@ class PromptModel(ContinualModel):
             raise ValueError(f"--model {cls.NAME} prompts a Vision Transformer; --backbone {args.backbone} is not "
                              f"one (use vit_base_patch16_224.augreg_in21k, vit_tiny_patch16_224, vit-micro, ...)")
         if args.compile:
-            raise ValueError(f"--model {cls.NAME} runs its prompted passes outside the compiled network; use --compile 0")
+            raise ValueError(f"--model {cls.NAME} runs its prompted passes outside the compiled network; "
+                             f"use --compile 0")
         if args.collapse_metrics:
             raise ValueError(f"--model {cls.NAME}: the collapse diagnostics read the unprompted network's features; "
                              f"use --collapse_metrics 0")
