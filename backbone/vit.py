@@ -126,6 +126,18 @@ class ViTBase16In21k(TimmViT):
     TIMM_NAME = "vit_base_patch16_224.augreg_in21k"
 
 
+@register_backbone("vit_base_patch16_224.orig_in21k")
+class ViTBase16OrigIn21k(TimmViT):
+    """ViT-B/16 with the original ImageNet-21k weights (imagenet21k/ViT-B_16.npz): L2P's and DualPrompt's start."""
+    TIMM_NAME = "vit_base_patch16_224.orig_in21k"
+
+
+@register_backbone("vit_base_patch16_224.augreg_in21k_ft_in1k")
+class ViTBase16In21kFtIn1k(TimmViT):
+    """ViT-B/16, ImageNet-21k fine-tuned on ImageNet-1k (timm 0.4's vit_base_patch16_224): CODA-Prompt's start."""
+    TIMM_NAME = "vit_base_patch16_224.augreg_in21k_ft_in1k"
+
+
 @register_backbone("vit-micro")
 class ViTMicro(TimmViT):
     """A 2-block, 64-wide ViT with 16x16 patches and no published weights: for tests and CPU smoke runs only."""

@@ -147,6 +147,7 @@ class ContinualModel(nn.Module):
     USES_BUFFER: bool = False   # rehearsal methods need --buffer_size > 0
     JOINT: bool = False         # trained once on all tasks together (the upper bound)
     USES_LR: bool = True        # takes its steps with --lr (required); False: the method has its own rates
+    DEFAULT_LR: float = 0.0     # > 0: --lr when neither the command line nor --load_best_args gives one
     FLAGS: dict = {}            # the method's own flags: name -> utils.cli.Flag (collected by the parser)
     # --load_best_args: dataset -> buffer size (0 for methods without a buffer) -> flags; name the source.
     BEST_ARGS: dict = {}

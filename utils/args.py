@@ -300,6 +300,8 @@ def resolve(ns: argparse.Namespace) -> argparse.Namespace:
                              f"--classifier {values['classifier']} --backbone {values['backbone']}")
         else:
             values[name] = None
+    if values.get("lr") is None and model_cls.DEFAULT_LR:
+        values["lr"] = model_cls.DEFAULT_LR  # the method's published rate
     missing = ["lr"] * (values.get("lr") is None and model_cls.USES_LR) + [n for n, f in model_cls.FLAGS.items()
                                                       if f.required and values.get(n) is None]
     if missing:

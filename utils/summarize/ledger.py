@@ -37,6 +37,8 @@ TOLERANCE = 2.0  # points: "reproduced" within the published std or this, whiche
 TRAIN_SIZE = {"seq-mnist": 60000, "seq-cifar10": 50000, "seq-cifar100": 50000, "seq-tinyimg": 100000}
 NEEDS = {"seq-mnist": "the MNIST files; a CPU suffices", "seq-cifar10": "a GPU and the CIFAR-10 files",
          "seq-cifar100": "a GPU and the CIFAR-100 files", "seq-tinyimg": "a GPU and the TinyImageNet files"}
+NEEDS.update({name: "a GPU, the published ViT-B/16 weights and the benchmark's files"
+              for name in ("seq-cifar100-224", "seq-imagenet-r", "seq-cub200")})
 BENCHMARKS = ("seq-digits", "seq-mnist", "seq-cifar10", "seq-cifar100", "seq-tinyimg")
 
 
@@ -97,8 +99,26 @@ MAMMOTH_ROWS = [
 ]
 
 
+PROMPT_NOTE = "the paper's protocol: ViT-B/16 weights and input scaling as docs/fidelity.md"
+# Final average Class-IL of the prompt-based methods (10 tasks), FC head, logits masked to the task in training.
+PROMPT_ROWS = [
+    Published("l2p", "seq-cifar100-224", 0, "fc", 1, 83.83, None,
+              "L2P paper (CVPR 2022), via l2p-pytorch README and Mammoth scripts/reproduce.json", note=PROMPT_NOTE),
+    Published("l2p", "seq-imagenet-r", 0, "fc", 1, 61.57, None,
+              "DualPrompt paper (ECCV 2022), its L2P row (as remembered, not re-read)", note=PROMPT_NOTE),
+    Published("dualprompt", "seq-cifar100-224", 0, "fc", 1, 86.51, None,
+              "DualPrompt paper, via dualprompt-pytorch README and Mammoth scripts/reproduce.json", note=PROMPT_NOTE),
+    Published("dualprompt", "seq-imagenet-r", 0, "fc", 1, 68.13, None,
+              "DualPrompt paper, via dualprompt-pytorch README", note=PROMPT_NOTE),
+    Published("coda_prompt", "seq-cifar100-224", 0, "fc", 1, 86.25, None,
+              "CODA-Prompt paper (CVPR 2023), via Mammoth scripts/reproduce.json", note=PROMPT_NOTE),
+    Published("coda_prompt", "seq-imagenet-r", 0, "fc", 1, 75.45, None,
+              "CODA-Prompt paper (as remembered, not re-read)", note=PROMPT_NOTE),
+]
+
+
 def published_rows() -> List[Published]:
-    return paper_rows() + MAMMOTH_ROWS
+    return paper_rows() + MAMMOTH_ROWS + PROMPT_ROWS
 
 
 # ----------------------------------------------------------------------------------------------- our runs
@@ -197,7 +217,7 @@ def cell_text(mine: Optional[dict]) -> List[str]:
 
 def published_text(value: Optional[float], source: str) -> str:
     if value is None:
-        return "not given" if source == MAMMOTH else "not transcribed"
+        return "not transcribed" if source == PAPER else "not given"
     return f"{value:.2f}"
 
 
@@ -227,6 +247,7 @@ def render(results_dir: str) -> str:
               "ours Class-IL", "ours Task-IL", "seeds", "commit", "hardware", "status"]
     paper = published_section(paper_rows())
     mammoth = published_section(MAMMOTH_ROWS)
+    prompt = published_section(PROMPT_ROWS)
     own = []
     order = {name: i for i, name in enumerate(BENCHMARKS)}
     for key in sorted(cells, key=lambda k: (order.get(k[1], 99), k[1], k[0], k[2], k[4], k[3])):
@@ -259,6 +280,13 @@ def render(results_dir: str) -> str:
         "has each method's differences from Mammoth.",
         "",
         *table(header + ["note"], [row + [pub.note] for row, pub in zip(mammoth, MAMMOTH_ROWS)]),
+        "",
+        "## Prompt-based methods on a pretrained ViT (published)",
+        "",
+        "Final average Class-IL from the methods' papers (none reports CUB-200); `docs/pretrained.md` lists",
+        "them with their sources and `docs/fidelity.md` each setting.",
+        "",
+        *table(header + ["source"], [row + [pub.source] for row, pub in zip(prompt, PROMPT_ROWS)]),
         "",
         "## This project's own references (no published number)",
         "",
