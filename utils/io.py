@@ -56,7 +56,7 @@ def check_target(path: str, what: str) -> None:
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise UserError(f"{what} {path!r} cannot be checked: {exc.strerror or exc}") from None
+        raise UserError(f"{what} {path!r} is not writable: {exc.strerror or exc}") from None  # e.g. under a file
     if stat.S_ISDIR(mode):
         raise UserError(f"{what} {path!r} is a directory; give a file name, e.g. {os.path.join(path, 'results.json')}")
     if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
