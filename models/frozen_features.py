@@ -20,14 +20,14 @@ import torch
 
 from backbone.feature_cache import FeatureCache
 from backbone.ssf import SSF
-from models.continual_model import ContinualModel
+from models.sgd import Sgd
 from utils.cli import Flag, binary, positive
 
 UNSEEN = -1e9  # the logit of a class not seen yet: below any score
 ADAPT_WEIGHT_DECAY = 5e-4  # first-session adaptation, as RanPAC's code (args/*_publish.csv)
 
 
-class FrozenFeatureModel(ContinualModel):
+class FrozenFeatureModel(Sgd):  # its stream steps are fine-tuning steps (Sgd.observe)
     USES_LR = False
     NEEDS_BOUNDARIES = True  # fits its classifier (prototypes, ridge statistics) at each task's end
     FEATURE_BATCH = 128  # images per forward pass when a task's features are computed
@@ -71,12 +71,6 @@ class FrozenFeatureModel(ContinualModel):
 
     def build_scheduler(self, opt):
         return None if opt is None else torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.args.n_epochs)
-
-    def observe(self, inputs, labels, not_aug_inputs):
-        self.opt.zero_grad(set_to_none=True)
-        loss = self.backward(lambda: self.stream_loss(self.net(inputs), labels))
-        self.opt.step()
-        return loss
 
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> torch.Tensor:

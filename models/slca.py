@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from models import register_model
-from models.continual_model import ContinualModel
+from models.sgd import Sgd
 from utils.cli import Flag, non_negative, non_negative_int, positive
 from utils.seeding import make_generator
 
@@ -36,7 +36,7 @@ COVARIANCE_JITTER = 1e-4  # added to every covariance's diagonal, so that a clas
 
 
 @register_model("slca")
-class SLCA(ContinualModel):
+class SLCA(Sgd):  # its stream steps are fine-tuning steps (Sgd.observe)
     NEEDS_BOUNDARIES = True  # aligns the classifier with each task's class statistics at its end
     FEATURE_BATCH = 128
     FLAGS = {
@@ -84,12 +84,6 @@ class SLCA(ContinualModel):
         if not self.args.lr_decay_epoch:
             return None
         return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[self.args.lr_decay_epoch], gamma=0.1)
-
-    def observe(self, inputs, labels, not_aug_inputs):
-        self.opt.zero_grad(set_to_none=True)
-        loss = self.backward(lambda: self.stream_loss(self.net(inputs), labels))
-        self.opt.step()
-        return loss
 
     @torch.no_grad()
     def store_statistics(self, data) -> None:
